@@ -53,6 +53,7 @@ class DecodingResult:
     avg_logprob: float
     no_speech_prob: float
     temperature: float
+    stream_tokens: list[int] | None = None  # ADML: how many tokens each stream chose
     compression_ratio: float = field(init=False)
 
     def __post_init__(self):
