@@ -5,6 +5,7 @@ Whisper hears 30 s windows (N_SAMPLES) of 16 kHz audio as a log-mel spectrogram 
 """
 
 import math
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -57,10 +58,12 @@ def resample(audio: np.ndarray, orig_sr: int, new_sr: int, zeros: int = 16, roll
 
 def load_audio(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Any file soundfile reads -> float32 mono at `sr`. Errors name the file and problem."""
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes)")
     try:
         data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
-    except FileNotFoundError:
-        raise AudioError(f"{path}: no such file") from None
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         msg = str(e).split(":")[-1].strip() or "unreadable"
         raise AudioError(f"{path}: not a readable audio file ({msg})") from None
