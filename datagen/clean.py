@@ -20,14 +20,20 @@ _DECORATION = re.compile(
     r"""^\s*(?:
         [-*•·>]+\s*                        # bullets
       | \(?\d{1,3}\s*[.):\]]\s*            # 1. 1) (1) 1:
-      | (?:question|request|q|user|text)\s*\d*\s*[:.-]\s*   # "Question 3:", "Q:", "User:"
+      | (?:question|request|q|user|text|chatbot|example)\s*\d*\s*[:.-]\s*   # "Question 3:", "Q:", "User:"
     )+""", re.IGNORECASE | re.VERBOSE)
 _QUOTES = "\"'“”‘’`*_"
 # Common English function words: a real English sentence of 3+ words nearly always has one.
 _ENGLISH = set("""a an the is are was were be been do does did what who whom whose which when
 where why how can could would will should shall may might must i you he she it we they me my
 your his her its our their this that these those of in on at to for from with by about and or
-but if not no any some there here tell show play find give let please much many""".split())
+but if not no any some there here tell show play find give let please much many has have had""".split())
+# A user utterance is a question, or a request that starts like one.
+_REQUEST_START = set("""play tell show find give list name recommend search read set remind can could would
+will is are am was were do does did have has what what's who who's whom whose when where which why how
+please i i'd i'm let let's put start turn open look check suggest shuffle skip""".split())
+# The model repeating its own prompt back, not something a user says.
+_PROMPT_ECHO = re.compile(r"\b(chatbots?|generate \d+|voice assistant|questions or requests)\b", re.IGNORECASE)
 
 
 def strip_decoration(line: str) -> str:
@@ -39,6 +45,7 @@ def strip_decoration(line: str) -> str:
     if re.match(r"^'.*'[?.!]?$", line):
         line = re.sub(r"^'|'(?=[?.!]?$)", "", line)
     line = re.sub(r'^["“”‘`]+', "", line)
+    line = re.sub(r'(?<=\s)["“”]+|["“”]+(?=\s)', "", line) if line.count('"') % 2 else line
     line = re.sub(r'["“”’`]+([?.!]?)$', r"\1", line)
     return line.strip()
 
@@ -78,6 +85,10 @@ def check(text: str, seen: set[str]) -> str | None:
         return "non_english"
     if re.search(r"https?://|www\.|\.com\b|[{}<>\[\]|\\^~=]", text):
         return "unspeakable"    # URLs, markup, code
+    if _PROMPT_ECHO.search(text):
+        return "prompt_echo"
+    if not text.rstrip().endswith("?") and words[0].lower().strip(",.!") not in _REQUEST_START:
+        return "not_a_request"  # a statement, a title or an answer
     if not speakable(verbalise(text)):
         return "unspeakable"    # a symbol or number form the verbaliser cannot read
     if normalise(text) in seen:

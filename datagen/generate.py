@@ -37,7 +37,8 @@ MAX_AUDIO_SECONDS = 30.0  # Whisper sees 30 s windows; longer audio cannot be tr
 class DomainSpec:
     name: str
     description: str
-    seeds: dict  # field -> list of values, for each of SEED_FIELDS
+    seeds: dict     # field -> list of values, for each of SEED_FIELDS
+    examples: dict  # optional format examples: keywords, instruction (str), texts (list)
 
 
 def load_spec(domain: str) -> DomainSpec:
@@ -55,7 +56,10 @@ def load_spec(domain: str) -> DomainSpec:
         if not (isinstance(values, list) and values and all(isinstance(v, str) and v.strip() for v in values)):
             raise ValueError(f"domain spec {path}: '{field}' must be a non-empty list of strings")
     name = raw.get("name") or path.stem
-    return DomainSpec(name, raw.get("description") or name, {f: raw[f] for f in SEED_FIELDS})
+    examples = raw.get("examples") or {}
+    if not isinstance(examples, dict) or not isinstance(examples.get("texts", []), list):
+        raise ValueError(f"domain spec {path}: 'examples' must be an object with keywords, instruction, texts (a list)")
+    return DomainSpec(name, raw.get("description") or name, {f: raw[f] for f in SEED_FIELDS}, examples)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,36 +94,48 @@ def _first_line(answer: str | None, max_words: int) -> str | None:
     return None
 
 
+def _keywords(answer: str | None) -> str | None:
+    """'Adele, Abbey Road, Miles Davis' from the first line of a phase-1a answer, or None."""
+    line = strip_decoration((answer or "").strip().splitlines()[0] if (answer or "").strip() else "")
+    items = [w.strip(" .\"'") for w in line.split(",")]
+    items = [w for w in items if w and len(w.split()) <= 4 and w.replace(" ", "").replace("'", "").isalpha()]
+    return ", ".join(items[:5]) if len(items) >= 2 else None
+
+
 class Generator:
     def __init__(self, spec: DomainSpec, store: Store, llm: ChatClient, voices: list, args):
         self.spec, self.store, self.llm, self.voices, self.args = spec, store, llm, voices, args
         self.stop = threading.Event()
         self.tts_failures = 0
+        # A small model often echoes the prompt's example: that is not a new text.
+        self._example_keys = {normalise(t) for t in spec.examples.get("texts", [])}
 
     def job(self, job_id: int) -> int:
         """Run one seed through both phases; return how many items it added."""
         rng = random.Random(f"{self.args.seed}/{self.store.run_index}/{job_id}")
         seed = {field: rng.choice(self.spec.seeds[field]) for field in SEED_FIELDS}
         llm_seed = rng.randrange(2**31)
-        domain = self.spec.description
+        domain, examples = self.spec.name, self.spec.examples
         # Phase 1: encode the seed into metadata, decode the metadata into an instruction.
-        metadata = _first_line(self.llm.chat(prompts.metadata_messages(domain, seed), 0.7, 64, llm_seed), 40)
-        instruction = None
-        if metadata:
-            answer = self.llm.chat(prompts.instruction_messages(domain, seed, metadata), 0.7, 96, llm_seed + 1)
-            instruction = _first_line(answer, 60)
+        answer = self.llm.chat(prompts.metadata_messages(domain, seed, examples.get("keywords")), 0.7, 48, llm_seed)
+        metadata = _keywords(answer) or seed["skills"]
+        answer = self.llm.chat(prompts.instruction_messages(domain, seed, metadata, examples.get("instruction")),
+                               0.7, 80, llm_seed + 1)
+        instruction = _first_line(answer, 40)
         if instruction is None or len(instruction.split()) < 4:
             self.llm.count("instruction_fallback")  # counted so a weak LLM shows in the summary
-            instruction = prompts.fallback_instruction(self.spec.name, seed)
+            instruction = prompts.fallback_instruction(domain, seed)
         # Phase 2: instruction -> texts -> clean -> speak.
         n = self.args.texts_per_instruction
-        answer = self.llm.chat(prompts.texts_messages(domain, instruction, n),
-                               self.args.temperature, 48 * n, llm_seed + 2)
+        example = rng.choice(examples["texts"]) if examples.get("texts") else None
+        answer = self.llm.chat(prompts.texts_messages(domain, instruction, metadata, n, example),
+                               self.args.temperature, 40 * n, llm_seed + 2)
         added = 0
         for text in split_answer(answer or ""):
             if self.stop.is_set() or self.store.full:
                 break
-            reason = check(text, self.store.seen) or self.store.reserve(text)
+            reason = check(text, self.store.seen) or (
+                "copied_example" if normalise(text) in self._example_keys else self.store.reserve(text))
             if reason == "full":
                 break
             if reason:

@@ -13,41 +13,35 @@ from __future__ import annotations
 
 SYSTEM = "You are a helpful assistant that writes realistic data for a voice assistant."
 
+# Each prompt ends with one format example taken from the domain spec's optional
+# "examples": small models (SmolLM2-135M) ignore format instructions without one.
+# A spec without examples sends no example.
 
-def metadata_messages(domain: str, seed: dict[str, str]) -> list[dict]:
-    """Phase 1a (encode): seed fields -> a short list of specific keywords."""
-    user = (
-        f"Domain: {domain}\n"
-        f"Use case: {seed['usecase']}\n"
-        f"Skill: {seed['skills']}\n"
-        f"User persona: {seed['persona']}\n"
-        "List 5 specific keywords for this (names, titles, places, topics), "
-        "separated by commas. Answer with the keywords only."
-    )
+
+def _example(text: str | None) -> str:
+    return f" Example: {text}" if text else ""
+
+
+def metadata_messages(domain: str, seed: dict[str, str], example: str | None = None) -> list[dict]:
+    """Phase 1a (encode): seed fields -> a few specific keywords (names, titles, places)."""
+    user = (f"Domain: {domain}. Topic: {seed['skills']}. Use case: {seed['usecase']}. "
+            "List 5 well-known names or titles for this topic, separated by commas." + _example(example))
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def instruction_messages(domain: str, seed: dict[str, str], metadata: str) -> list[dict]:
+def instruction_messages(domain: str, seed: dict[str, str], metadata: str, example: str | None = None) -> list[dict]:
     """Phase 1b (decode): metadata keywords -> one tailored instruction."""
-    user = (
-        f"Base instruction: {seed['instruction']}\n"
-        f"Persona: {seed['persona']}\n"
-        f"Keywords: {metadata}\n"
-        f"Rewrite the base instruction as one specific sentence about {domain} "
-        "that mentions some of the keywords and the persona. "
-        "Answer with the sentence only."
-    )
+    user = (f"Base instruction: {seed['instruction']}. Rewrite it as one specific instruction "
+            f"that asks for questions about {domain}, mentioning {metadata}, "
+            f"written for a {seed['persona']}. Answer with the instruction only." + _example(example))
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def texts_messages(domain: str, instruction: str, n: int) -> list[dict]:
+def texts_messages(domain: str, instruction: str, metadata: str, n: int, example: str | None = None) -> list[dict]:
     """Phase 2: the tailored instruction -> `n` chatbot-style user utterances."""
-    user = (
-        f"{instruction}\n"
-        f"Write {n} different short questions or requests about {domain} that a user "
-        "would say out loud to a voice assistant. One per line, in English, "
-        "at most 20 words each, no numbering, no answers."
-    )
+    user = (f"{instruction}\nGenerate {n} chatbot questions or requests related to {domain} "
+            f"about {metadata}, as a user would say them to a voice assistant. "
+            "One per line, in English, no answers." + _example(example))
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 

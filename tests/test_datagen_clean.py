@@ -10,6 +10,7 @@ from datagen.verbalise import number, ordinal, speakable, verbalise, year
     ("2) **Who sang Bohemian Rhapsody?**", "Who sang Bohemian Rhapsody?"),
     ("- 'Play some jazz from the '90s'", "Play some jazz from the '90s"),
     ("Q: Who drums for Metallica?", "Who drums for Metallica?"),
+    ("Chatbot: Who is Adele?", "Who is Adele?"),
     ("Question 3: Is it raining in Oslo?", "Is it raining in Oslo?"),
     ("(4) “Will it snow tomorrow?”", "Will it snow tomorrow?"),
     ("   ", ""),
@@ -29,6 +30,10 @@ def test_strip_decoration(raw, clean):
     ("Check www.spotify.com for the song", "unspeakable"),
     ("What is the {album} of the year?", "unspeakable"),
     ("Play the song ☺ by Pharrell now", "unspeakable"),
+    ("Generations of Pop: Dua Lipa.", "not_a_request"),
+    ("Adele has released four albums.", "not_a_request"),
+    ("Can you generate 8 chatbot questions about Adele?", "prompt_echo"),
+    ("Play the latest single by Adele.", None),
     ("Who won Super Bowl XXXVI in 2002?", None),
     ("What's the temperature in Paris at 7:30 pm?", None),
 ])

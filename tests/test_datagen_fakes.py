@@ -101,11 +101,11 @@ class FakeLLM(_Server):
 
     def answer(self, body) -> str:
         prompt = body["messages"][-1]["content"]
-        if "keywords" in prompt and "List" in prompt:
+        if prompt.startswith("Domain:"):
             return "Adele, Abbey Road, jazz, vinyl, London"
         if prompt.startswith("Base instruction"):
             return "Ask a voice assistant about albums by Adele, like a teenager would."
-        n = int(re.search(r"Write (\d+) different", prompt)[1])
+        n = int(re.search(r"Generate (\d+) chatbot", prompt)[1])
         with self.counter_lock:
             ks = [next(self.counter) for _ in range(n)]
         lines = ["Here are the questions:"]
