@@ -102,7 +102,8 @@ def transcribe(model: Whisper, audio: np.ndarray, tokenizer: Tokenizer,
                 duration = (stamps[-1] - tb) * 0.02
             segments.append(_segment(tokenizer, offset, offset + duration, tokens))
             seek += size
-    segments = [s for s in segments if s["text"]]
+    # Punctuation alone (". . . .") is what the model says over faint noise: not speech.
+    segments = [s for s in segments if any(c.isalnum() for c in s["text"])]
     return {"text": " ".join(s["text"] for s in segments), "segments": segments,
             "duration": len(audio) / SAMPLE_RATE, "stream_tokens": stream_tokens}
 
