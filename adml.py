@@ -1,0 +1,465 @@
+"""ADML: auto-regressive decoding with multiple LoRA adapters in one pass (DAS paper, III-B).
+
+The base model (stream 0) and k domain adapters (streams 1..k) decode one shared token
+sequence. At every step each stream proposes its best next token next_i with confidence
+c_i, its largest softmax probability (Algorithm 1), and `select` picks one (Eq. 3).
+
+One decoder forward per step serves all k + 1 streams. Their rows are stacked stream-major,
+row s * U + u for stream s and utterance u, so each stream keeps its own self-attention KV
+cache (adapters on query/value change the attention state) and:
+
+- every base weight is applied to all S = k + 1 streams as one matmul, read once per step;
+- the adapters' low-rank deltas are one batched product B(AX) (Eq. 2, `MultiLoRALinear`),
+  which does the k diagonal blocks of blk_diag(B_1..B_k) and none of the zero ones;
+- cross-attention keys/values of the base are computed once per utterance and shared by
+  all streams; an adapter on cross_attn.key/value keeps its delta factored as
+  (audio A_i^T) B_i^T and is folded into the attention scores and outputs
+  (`MultiLoRACrossAttention`), so no stream ever holds a full copy of the keys/values.
+
+The naive reference sits at the bottom: `SequentialStreams` runs each adapter's own model
+(base + B_i A_i, unmerged or merged) separately at every step, through the same loop. The
+tests compare the batched path against it.
+
+Letters: k adapters, S = k + 1 streams, U utterances, T tokens, N audio frames, D width,
+H heads, Dh = D / H, V vocabulary, r rank (the largest of the adapters: smaller ranks are
+zero-padded up to it, which changes nothing but costs the padded columns).
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, pick
+from whisper_min.model import MultiHeadAttention, Whisper
+from whisper_min.tokenizer import Tokenizer
+
+STRATEGIES = ("das", "base", "most-confident", "majority")
+AUDIO_SIDE = ("cross_attn.key", "cross_attn.value")  # these read the encoder output, not tokens
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def select(conf: Tensor, candidates: Tensor, tau: float = 0.025, strategy: str = "das") -> Tensor:
+    """Which stream's token to take: conf, candidates (S, U) -> stream index (U,).
+
+    `das` is Eq. (3). With c_0 the base's confidence, the rule fires when
+    max_i c_i - c_0 >= tau (some stream is clearly surer than the base) or
+    min_i c_i - c_0 <= -tau (some stream is clearly less sure). Each condition names a
+    stream: the most confident one and the least confident one.
+      both hold      -> the most confident stream (the paper: "prioritize the maximum");
+      only max holds -> the most confident stream;
+      only min holds -> the least confident stream. The paper leaves this case open. Our
+                        reading: the condition that fired picks the word it names, as in
+                        the max-only case; an adapter that loses confidence where the base
+                        is sure flags a word its domain spells or segments differently;
+      neither        -> the base (stream 0).
+    Ties go to the lowest stream index, so the base wins a tie. As c_i is in (0, 1], a tau
+    above 1 never fires and always gives the base; tau = 0 always takes the most confident.
+
+    Ablations the paper compared: `base` (always stream 0), `most-confident` (argmax c_i),
+    `majority` (the token most streams propose; a tie goes to the base's token if it is
+    among the tied, else to the tied token proposed with the highest confidence).
+    """
+    if strategy == "base":
+        return torch.zeros_like(candidates[0])
+    most = conf.argmax(dim=0)  # first index among equals: the base wins ties
+    if strategy == "most-confident":
+        return most
+    if strategy == "das":
+        least = conf.argmin(dim=0)
+        c0 = conf[0]
+        up = conf.max(dim=0).values - c0 >= tau
+        down = conf.min(dim=0).values - c0 <= -tau
+        zero = torch.zeros_like(most)
+        return torch.where(up, most, torch.where(down, least, zero))
+    if strategy == "majority":
+        votes = (candidates[None] == candidates[:, None]).sum(dim=1)  # (S, U): streams agreeing with s
+        tied = votes == votes.max(dim=0).values
+        key = torch.where(tied, conf, torch.full_like(conf, -1.0))
+        key[0] = torch.where(tied[0], 2.0, -1.0)  # 2 > any confidence: the base wins its ties
+        return key.argmax(dim=0)
+    raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
+
+
+def check_tau(tau) -> float:
+    """tau as a float, or a ValueError that says what is wrong with it."""
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise ValueError(f"tau must be a number, not {tau!r}") from None
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"tau must be >= 0, not {tau!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- adapters
+
+
+@dataclass
+class StackedAdapters:
+    """k adapters' deltas stacked per module: name -> (A (k, r, in), B (k, out, r)).
+
+    A module one adapter does not touch gets zeros for it; ranks are zero-padded to the
+    largest, since B_i A_i = [B_i 0] [A_i; 0].
+    """
+
+    names: list[str]
+    deltas: dict[str, tuple[Tensor, Tensor]]
+
+    @property
+    def k(self) -> int:
+        return len(self.names)
+
+
+def stack_adapters(adapters, model: Whisper) -> StackedAdapters:
+    """Adapter objects (with `.name`, `.deltas`) or plain deltas dicts -> StackedAdapters.
+
+    Raises ValueError for a duplicate name, a module the model does not have (or that is
+    not a decoder linear), and a delta whose shape does not fit the module, which is what
+    an adapter made for another base model looks like.
+    """
+    if isinstance(adapters, StackedAdapters):
+        return adapters
+    adapters = list(adapters)
+    names = [getattr(a, "name", None) or f"adapter{i + 1}" for i, a in enumerate(adapters)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate adapters: {', '.join(dupes)} given more than once")
+    all_deltas = [a.deltas if hasattr(a, "deltas") else a for a in adapters]
+    modules = dict(model.named_modules())
+    weight = model.decoder.token_embedding.weight
+    stacked = {}
+    for module in sorted({m for d in all_deltas for m in d}):
+        linear = modules.get(module)
+        if not (module.startswith("decoder.blocks.") and isinstance(linear, nn.Linear)):
+            raise ValueError(f"adapter module {module!r} is not a linear layer of this model's decoder")
+        out_f, in_f = linear.weight.shape
+        for name, d in zip(names, all_deltas):
+            if module in d:
+                A, B = d[module]
+                if A.ndim != 2 or B.ndim != 2 or A.shape[1] != in_f or B.shape[0] != out_f or A.shape[0] != B.shape[1]:
+                    raise ValueError(f"adapter {name!r}: {module} has A {tuple(A.shape)}, B {tuple(B.shape)}, but the "
+                                     f"model's layer is {out_f}x{in_f}: the adapter was made for another base model")
+        r = max(d[module][0].shape[0] for d in all_deltas if module in d)
+        A = torch.zeros(len(adapters), r, in_f, dtype=weight.dtype, device=weight.device)
+        B = torch.zeros(len(adapters), out_f, r, dtype=weight.dtype, device=weight.device)
+        for i, d in enumerate(all_deltas):
+            if module in d:
+                a, b = d[module]
+                A[i, : a.shape[0]] = a
+                B[i, :, : b.shape[1]] = b
+        stacked[module] = (A, B)
+    return StackedAdapters(names, stacked)
+
+
+class MultiLoRALinear(nn.Module):
+    """A decoder linear for S = k + 1 streams: W0 x for all rows, plus B_i A_i x for stream i.
+
+    Eq. (2) with real numbers (Whisper base, k = 3 adapters of rank r = 64, D = 512, one
+    utterance, one new token): the paper writes the deltas as B(AX) with
+    X = concat(x_1, x_2, x_3), A = concat(A_1, A_2, A_3) (192 x 512) and
+    B = blk_diag(B_1, B_2, B_3) (1536 x 192). Done as written, A X computes every A_i on
+    every x_j (3 x 3 blocks) and B has 1536 x 192 = 295k multiply-adds of which two
+    thirds hit zero blocks. Stacking the blocks on a batch dimension does only the
+    diagonal: bmm((3, 1, 512), (3, 512, 64)) -> (3, 1, 64), then
+    bmm((3, 1, 64), (3, 64, 512)) -> (3, 1, 512): 3 x 2 x 32k = 197k multiply-adds, the
+    same as three separate LoRAs, in two kernel calls whatever k is.
+    """
+
+    def __init__(self, base: nn.Linear, A: Tensor, B: Tensor):
+        super().__init__()
+        self.base = base
+        self.At = A.transpose(1, 2).contiguous()  # (k, in, r)
+        self.Bt = B.transpose(1, 2).contiguous()  # (k, r, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)  # (S*U, T, out): W0 read once for every stream
+        k = self.At.shape[0]
+        SU, T, _ = x.shape
+        U = SU // (k + 1)
+        xs = x[U:].reshape(k, U * T, -1)  # (k, U*T, in): streams 1..k; stream 0 is the base alone
+        delta = torch.bmm(torch.bmm(xs, self.At), self.Bt)  # (k, U*T, r) -> (k, U*T, out)
+        y[U:] += delta.view(k * U, T, -1)  # (k*U, T, out)
+        return y
+
+
+@dataclass
+class SharedCrossKV:
+    """One layer's cross-attention keys/values for all streams, without S copies.
+
+    k0, v0: the base's (U, H, N, Dh), shared. pk, pv: (k, U, N, r), the adapters' audio A_i^T
+    for key/value (None when no adapter touches them); their B_i live in the module.
+    """
+
+    k0: Tensor
+    v0: Tensor
+    pk: Tensor | None
+    pv: Tensor | None
+
+
+class MultiLoRACrossAttention(nn.Module):
+    """Cross-attention for S streams over one shared encoder output.
+
+    With K_i = K_0 + P_i B_i^T (P_i = audio A_i^T, N x r), head h's scores and output are
+      q K_i^T = q K_0^T + (q B_i^h) P_i^T            (B_i^h: the head's Dh rows of B_i)
+      a V_i   = a V_0   + (a P_i) (B_i^h)^T
+    so the streams share K_0 and V_0 and each adapter adds work of rank r.
+    """
+
+    def __init__(self, mha: MultiHeadAttention, key: tuple[Tensor, Tensor] | None,
+                 value: tuple[Tensor, Tensor] | None):
+        super().__init__()
+        self.mha = mha  # its query/out may themselves be MultiLoRALinear
+        self.n_head = mha.n_head
+        self.key_A, self.key_B = key if key is not None else (None, None)
+        self.value_A, self.value_B = value if value is not None else (None, None)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        U, N, D = x.shape
+        return x.view(U, N, self.n_head, D // self.n_head).transpose(1, 2)  # (U, H, N, Dh)
+
+    def shared_kv(self, audio: Tensor) -> SharedCrossKV:
+        """audio (U, N, D) -> the base keys/values once, plus the adapters' low-rank factors."""
+        pk = torch.einsum("und,krd->kunr", audio, self.key_A) if self.key_A is not None else None
+        pv = torch.einsum("und,krd->kunr", audio, self.value_A) if self.value_A is not None else None
+        return SharedCrossKV(self._heads(self.mha.key(audio)), self._heads(self.mha.value(audio)), pk, pv)
+
+    def cross(self, x: Tensor, kv: SharedCrossKV) -> Tensor:
+        U, H, N, Dh = kv.k0.shape
+        SU, T, D = x.shape
+        S = SU // U
+        q = self.mha.query(x).view(S, U, T, H, Dh).transpose(2, 3)  # (S, U, H, T, Dh)
+        scores = torch.einsum("suhtd,uhnd->suhtn", q, kv.k0)  # (S, U, H, T, N): K_0 read once
+        if kv.pk is not None:
+            Bh = self.key_B.view(-1, H, Dh, self.key_B.shape[-1])  # (k, H, Dh, r)
+            qB = torch.einsum("kuhtd,khdr->kuhtr", q[1:], Bh)
+            scores[1:] += torch.einsum("kuhtr,kunr->kuhtn", qB, kv.pk)
+        attn = (scores * Dh**-0.5).softmax(dim=-1)
+        out = torch.einsum("suhtn,uhnd->suhtd", attn, kv.v0)  # (S, U, H, T, Dh)
+        if kv.pv is not None:
+            Bh = self.value_B.view(-1, H, Dh, self.value_B.shape[-1])  # (k, H, Dh, r)
+            aP = torch.einsum("kuhtn,kunr->kuhtr", attn[1:], kv.pv)
+            out[1:] += torch.einsum("kuhtr,khdr->kuhtd", aP, Bh)
+        return self.mha.out(out.transpose(2, 3).reshape(SU, T, D))  # (S*U, T, D)
+
+
+@contextmanager
+def swapped(model: nn.Module, replacements: dict[str, nn.Module]):
+    """Put modules in place by qualified name for the duration, then put the originals back."""
+    saved = []
+    try:
+        for name, new in replacements.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            saved.append((parent, attr, getattr(parent, attr)))
+            setattr(parent, attr, new)
+        yield model
+    finally:
+        for parent, attr, old in reversed(saved):
+            setattr(parent, attr, old)
+
+
+def multi_lora_modules(model: Whisper, stack: StackedAdapters) -> dict[str, nn.Module]:
+    """The replacements that turn the decoder into the S-stream decoder, in install order:
+    token-side linears first, then each cross_attn wrapped around its (swapped) MHA."""
+    out = {name: MultiLoRALinear(model.get_submodule(name), A, B)
+           for name, (A, B) in stack.deltas.items() if not name.endswith(AUDIO_SIDE)}
+    for i, block in enumerate(model.decoder.blocks):
+        prefix = f"decoder.blocks.{i}.cross_attn"
+        out[prefix] = MultiLoRACrossAttention(block.cross_attn, stack.deltas.get(prefix + ".key"),
+                                              stack.deltas.get(prefix + ".value"))
+    return out
+
+
+# ---------------------------------------------------------------------------- streams
+
+
+class BatchedStreams:
+    """All S streams in one decoder forward (the model must have `multi_lora_modules` in)."""
+
+    def __init__(self, model: Whisper, k: int, audio_features: Tensor):
+        self.model, self.S = model, k + 1
+        self.U = audio_features.shape[0]
+        blocks = model.decoder.blocks
+        # k = 0 leaves the model untouched, so this is plain decoding, bit for bit.
+        self.cross_kv = [b.cross_attn.shared_kv(audio_features) for b in blocks] if k else \
+            model.decoder.cross_kv(audio_features)
+        self.cache = model.decoder.new_cache(self.S * self.U)
+
+    def __call__(self, tokens: Tensor, offset: int) -> Tensor:
+        """tokens (U, T) at [offset, offset + T) -> logits (S, U, T, V)."""
+        logits = self.model.decoder(tokens.repeat(self.S, 1), self.cross_kv, self.cache, offset)  # (S*U, T, V)
+        return logits.view(self.S, self.U, *logits.shape[1:])
+
+
+def one_adapter_modules(model: Whisper, deltas: dict, merged: bool) -> dict[str, nn.Module]:
+    """Replacements that make the model base + B A for one adapter (the naive form)."""
+    out = {}
+    for name, (A, B) in deltas.items():
+        base = model.get_submodule(name)
+        A, B = A.to(base.weight), B.to(base.weight)
+        out[name] = MergedLinear(base.weight + B @ A, base.bias) if merged else LoRALinear(base, A, B)
+    return out
+
+
+class MergedLinear(nn.Module):
+    """One adapter merged into the weight: (W0 + B A) x + b."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class LoRALinear(nn.Module):
+    """One adapter, as written: W0 x + B (A x)."""
+
+    def __init__(self, base: nn.Linear, A: Tensor, B: Tensor):
+        super().__init__()
+        self.base, self.A, self.B = base, A, B
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + (x @ self.A.T) @ self.B.T
+
+
+class SequentialStreams:
+    """The reference: each stream's own model (base, or base + one adapter) runs separately."""
+
+    def __init__(self, model: Whisper, adapters, audio_features: Tensor, merged: bool = False):
+        self.model = model
+        deltas = [a.deltas if hasattr(a, "deltas") else a for a in adapters]
+        self.modules = [{}] + [one_adapter_modules(model, d, merged) for d in deltas]
+        self.cross_kv, self.caches = [], []
+        for m in self.modules:
+            with swapped(model, m):
+                self.cross_kv.append(model.decoder.cross_kv(audio_features))
+            self.caches.append(model.decoder.new_cache(audio_features.shape[0]))
+
+    def __call__(self, tokens: Tensor, offset: int) -> Tensor:
+        out = []
+        for m, kv, cache in zip(self.modules, self.cross_kv, self.caches):
+            with swapped(self.model, m):
+                out.append(self.model.decoder(tokens, kv, cache, offset))
+        return torch.stack(out)  # (S, U, T, V)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: DecodingOptions, n_vocab: int,
+        n_text_ctx: int, tau: float, strategy: str) -> list[DecodingResult]:
+    """Algorithm 1 for U utterances; `streams(tokens, offset)` gives every stream's logits."""
+    U = audio_features.shape[0]
+    start = initial_tokens(tokenizer, options)
+    sample_begin = len(start)
+    sample_len = options.sample_len or n_text_ctx // 2
+    filters = LogitFilters(tokenizer, options, sample_begin, n_vocab)
+    eot = tokenizer.eot
+
+    tokens = torch.tensor([start] * U, device=audio_features.device)  # (U, T0)
+    logits = streams(tokens, 0)  # (S, U, T0, V)
+    S = logits.shape[0]
+    no_speech_probs = logits[0, :, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
+    logits = logits[:, :, -1]  # (S, U, V)
+    sum_logprobs = torch.zeros(U, device=tokens.device)
+    counts = torch.zeros(U, S, dtype=torch.long, device=tokens.device)
+    rows = torch.arange(U, device=tokens.device)
+    for _ in range(sample_len):
+        flat = logits.reshape(S * U, -1)  # (S*U, V), stream-major like tokens.repeat(S, 1)
+        filters(flat, tokens.repeat(S, 1))
+        candidates = pick(flat, options.temperature).view(S, U)  # next_i for every stream
+        logprobs = F.log_softmax(flat.float(), dim=-1).view(S, U, -1)  # (S, U, V)
+        conf = logprobs.max(dim=-1).values.exp()  # c_i: the largest softmax probability
+        chosen = select(conf, candidates, tau, strategy)  # (U,)
+        next_tokens = candidates[chosen, rows]
+        finished = tokens[:, -1] == eot
+        sum_logprobs += logprobs[chosen, rows, next_tokens] * ~finished
+        counts[rows, chosen] += (~finished & (next_tokens != eot)).long()
+        next_tokens[finished] = eot  # finished rows keep emitting end-of-text
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+        if (tokens[:, -1] == eot).all() or tokens.shape[1] >= n_text_ctx:
+            break
+        logits = streams(tokens[:, -1:], tokens.shape[1] - 1)[:, :, -1]  # (S, U, V)
+
+    results = []
+    for row, lp, nsp, n in zip(tokens.tolist(), sum_logprobs.tolist(), no_speech_probs, counts.tolist()):
+        sampled = row[sample_begin:]
+        sampled = sampled[: sampled.index(eot)] if eot in sampled else sampled
+        results.append(DecodingResult(tokens=sampled, text=tokenizer.decode(sampled).strip(),
+                                      avg_logprob=lp / (len(sampled) + 1), no_speech_prob=nsp,
+                                      temperature=options.temperature, stream_tokens=n))
+    return results
+
+
+def _audio_features(model: Whisper, mel: Tensor, audio_features: Tensor | None) -> Tensor:
+    if audio_features is not None:
+        return audio_features
+    if mel.ndim == 2:
+        mel = mel[None]
+    return model.embed_audio(mel.to(model.device, model.decoder.token_embedding.weight.dtype))
+
+
+@torch.inference_mode()
+def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
+           audio_features: Tensor | None = None, adapters=(), tau: float = 0.025,
+           strategy: str = "das") -> list[DecodingResult]:
+    """`whisper_min.decode` with k adapters decoded alongside the base (batched, one pass).
+
+    adapters: Adapter objects (`.name`, `.deltas`), deltas dicts, or a StackedAdapters made
+    once by `stack_adapters` (saves restacking per window). k = 0 is plain decoding exactly.
+    `stream_tokens` in each result counts the tokens each stream chose (base first). With
+    temperature > 0 each stream samples its candidate and Eq. (3) picks among them by the
+    same confidences; the log-probability summed is the chosen stream's.
+    The model's decoder modules are swapped for the duration and restored, even on error;
+    do not decode with the same model object from two threads at once.
+    """
+    tau = check_tau(tau)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
+    stack = stack_adapters(adapters, model)
+    features = _audio_features(model, mel, audio_features)
+    with swapped(model, multi_lora_modules(model, stack) if stack.k else {}):
+        streams = BatchedStreams(model, stack.k, features)
+        return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy)
+
+
+@torch.inference_mode()
+def decode_sequential(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
+                      audio_features: Tensor | None = None, adapters=(), tau: float = 0.025, strategy: str = "das",
+                      merged: bool = False) -> list[DecodingResult]:
+    """The reference for `decode`: every adapter's model run on its own at each step,
+    as base + B (A x) or, with merged=True, with W0 + B A merged into the weights."""
+    tau = check_tau(tau)
+    features = _audio_features(model, mel, audio_features)
+    streams = SequentialStreams(model, adapters, features, merged)
+    return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy)
+
+
+def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das"):
+    """Adapter files -> a `decode_fn(model, mel, tokenizer, options, audio_features=None)` for
+    `whisper_min.transcribe`. Loads each adapter once (lora.load_adapter raises for a file made
+    for another base model); raises ValueError for a file given twice, a bad tau or strategy."""
+    import os
+
+    import lora  # only here: adml itself works on any Adapter-like objects
+
+    tau = check_tau(tau)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
+    real = [os.path.realpath(p) for p in paths]
+    dupes = sorted({p for p, r in zip(paths, real) if real.count(r) > 1})
+    if dupes:
+        raise ValueError(f"duplicate adapters: {', '.join(dupes)} given more than once")
+    stack = stack_adapters([lora.load_adapter(p, model) for p in paths], model)
+
+    def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
+        return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy)
+
+    decode_fn.adapter_names = stack.names
+    return decode_fn
