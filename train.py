@@ -301,11 +301,13 @@ def main(args) -> int:
         cache = EncoderCache(args.cache_dir, model)
         audios = sorted({u.audio for d in data for u in d}, key=str)
         model.eval()
+        t = time.monotonic()
         encoded = cache.fill(audios[rank::world], log=log)
         model.train()
         if world > 1:
             dist.barrier()  # every rank reads features the others wrote
-        log(f"encoder cache: {encoded} encoded now, {len(audios[rank::world]) - encoded} already cached, in {cache.dir}")
+        log(f"encoder cache: {encoded} encoded now, {len(audios[rank::world]) - encoded} already cached, "
+            f"{time.monotonic() - t:.1f} s, in {cache.dir}")
 
     step_module = TrainStep(model, run_encoder=not use_cache, train_encoder=train_encoder)
     if world > 1:
