@@ -44,7 +44,7 @@ IGNORE = -100  # label for positions that carry no loss (prompt and padding)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", action="append", required=True, help="manifest.jsonl; repeat for a multi-domain model")
+    parser.add_argument("--data", action="append", required=True, help="manifest.jsonl; repeat for multi-domain")
     parser.add_argument("--out", required=True, help="output .st file (adapter, or changed tensors for ft methods)")
     parser.add_argument("--model", default="base", help="'base', 'tiny.en' or a model directory")
     parser.add_argument("--method", choices=METHODS, default="lora", help="what to train (the paper's baselines)")
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-6, help="peak AdamW learning rate")
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with linear warmup")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    parser.add_argument("--lora-r", type=int, default=32, help="LoRA rank r (named --lora-r because torchrun would take --r for its own --rdzv-*)")
+    parser.add_argument("--lora-r", type=int, default=32, help="LoRA rank (not --r: torchrun takes that)")
     parser.add_argument("--lora-alpha", type=float, default=64, help="LoRA alpha")
     parser.add_argument("--no-rslora", action="store_true", help="scale alpha / r instead of alpha / sqrt(r)")
     parser.add_argument("--init", choices=sorted(lora.INITS), default="pissa", help="LoRA initialisation")
@@ -139,18 +139,20 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
     return peak * max(0.0, (total - step) / max(1, total - n_warm))
 
 
-def set_trainable(model: nn.Module, method: str, args) -> None:
-    """Which parameters train: LoRA adds adapters; the ft methods unfreeze parts of the model."""
-    if method == "lora":
+def set_trainable(model: nn.Module, args, init) -> None:
+    """Which parameters train: LoRA adds adapters (started by `init`); the ft methods unfreeze
+    parts of the model."""
+    if args.method == "lora":
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-        lora.add_lora(model, targets, r=args.lora_r, alpha=args.lora_alpha, rslora=not args.no_rslora, init=lora.INITS[args.init])
+        lora.add_lora(model, targets, r=args.lora_r, alpha=args.lora_alpha, rslora=not args.no_rslora, init=init)
         lora.mark_only_lora_trainable(model)
         return
-    trainable = {"ft": ["decoder."], "ft-last3": [f"decoder.blocks.{i}." for i in
-                                                   range(len(model.decoder.blocks) - 3, len(model.decoder.blocks))]
-                 + ["decoder.ln."], "ft-enc-dec": [""]}[method]
+    n = len(model.decoder.blocks)
+    prefixes = {"ft": ["decoder."],
+                "ft-last3": [f"decoder.blocks.{i}." for i in range(n - 3, n)] + ["decoder.ln."],
+                "ft-enc-dec": ["encoder.", "decoder."]}[args.method]
     for name, p in model.named_parameters():
-        p.requires_grad = name.startswith(tuple(trainable))
+        p.requires_grad = name.startswith(tuple(prefixes))
 
 
 class TrainStep(nn.Module):
@@ -272,21 +274,18 @@ def main(args) -> int:
                                         args.no_rslora, args.init, args.targets, args.seed]).encode()).hexdigest()[:16]
 
     torch.manual_seed(args.seed)
-    resume = args.resume
-    if resume:  # PiSSA's start comes from the checkpoint; standard init only fills A, overwritten too
-        init, args.init = args.init, "standard"
-    set_trainable(model, args.method, args)
-    if resume:
-        args.init = init
-        if args.method == "lora":
-            model.lora_config["init"] = init
+    # On resume PiSSA's start comes from the checkpoint (`restore`), not from a second SVD that
+    # need not come out bit-identical; init_standard leaves W0 alone and A, B are overwritten.
+    set_trainable(model, args, lora.init_standard if args.resume else lora.INITS[args.init])
+    if args.resume and args.method == "lora":
+        model.lora_config["init"] = args.init
     train_encoder = args.method == "ft-enc-dec"
     use_cache = not (args.no_encoder_cache or train_encoder)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     start = 0
-    if resume:
+    if args.resume:
         start, state = read_checkpoint(checkpoint_path(out), run_id)
         restore(model, optimizer, state)
         log(f"resuming from {checkpoint_path(out)} at step {start}")
@@ -311,7 +310,8 @@ def main(args) -> int:
 
     step_module = TrainStep(model, run_encoder=not use_cache, train_encoder=train_encoder)
     if world > 1:
-        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
+        ids = [device] if device.type == "cuda" else None
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
 
     stop = {"signal": 0}
 
@@ -339,9 +339,10 @@ def main(args) -> int:
                 dist.all_reduce(stats)  # every rank sees the same loss and the same stop request
             loss = stats[0].item() / n_tokens
             if not math.isfinite(loss):
+                ckpt = checkpoint_path(out)
                 log(f"train: loss is {loss} at step {step + 1} (epoch {step // steps_per_epoch + 1}); stopping "
                     f"without writing {out}. Lower --lr or check the data; "
-                    f"{'last checkpoint: ' + str(checkpoint_path(out)) if checkpoint_path(out).is_file() else 'no checkpoint'}")
+                    + (f"last checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint"))
                 return 1
             lr = lr_at(step, total, args.lr, args.warmup)
             for group in optimizer.param_groups:
@@ -369,10 +370,11 @@ def main(args) -> int:
         metadata = {"method": args.method, "steps": str(last_step), "total_steps": str(total), "lr": str(args.lr),
                     "epochs": str(args.epochs), "batch_size": str(args.batch_size), "seed": str(args.seed)}
         if args.method == "lora":
-            lora.save_adapter(model, out, domain=domain, base_model=str(args.model), data_sha256=data_sha, extra=metadata)
+            lora.save_adapter(model, out, domain=domain, base_model=str(args.model), data_sha256=data_sha,
+                              extra=metadata)
         else:
-            save_finetune(model, out, {"domain": domain, "base_model": str(args.model), "base_fingerprint": base_fingerprint,
-                                       "data_sha256": data_sha, **metadata})
+            save_finetune(model, out, {"domain": domain, "base_model": str(args.model), "data_sha256": data_sha,
+                                       "base_fingerprint": base_fingerprint, **metadata})
         log(f"train: wrote {out}" + ("" if last_step == total else f" after {last_step} of {total} steps "
                                      f"(--max-steps); --resume continues from {checkpoint_path(out)}"))
     if world > 1:

@@ -48,7 +48,8 @@ def model_dir(tmp_path_factory) -> Path:
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.2)
     tokenizer = (resolve_model("tiny.en") / "tokenizer.json").read_bytes()
-    return save_model_dir(model.state_dict(), DIMS, tmp_path_factory.mktemp("m") / "tiny", {"tokenizer.json": tokenizer})
+    folder = tmp_path_factory.mktemp("m") / "tiny"
+    return save_model_dir(model.state_dict(), DIMS, folder, {"tokenizer.json": tokenizer})
 
 
 def make_manifest(folder: Path, texts: list[str], seed: int = 0) -> Path:
@@ -97,7 +98,8 @@ def same(a: torch.Tensor, b: torch.Tensor):
 
 
 def test_labels_cover_only_text_and_end_of_text():
-    utts = [train.Utterance(Path("a"), "", [1, 2, 3, 10, 11, 99], 0), train.Utterance(Path("b"), "", [1, 2, 3, 12, 99], 0)]
+    utts = [train.Utterance(Path("a"), "", [1, 2, 3, 10, 11, 99], 0),
+            train.Utterance(Path("b"), "", [1, 2, 3, 12, 99], 0)]
     inputs, labels = train.collate(utts, n_prompt=3, eot=99)
     assert inputs.tolist() == [[1, 2, 3, 10, 11], [1, 2, 3, 12, 99]]
     assert labels.tolist() == [[-100, -100, 10, 11, 99], [-100, -100, 12, 99, -100]]
