@@ -20,7 +20,7 @@ _DECORATION = re.compile(
     r"""^\s*(?:
         [-*•·>]+\s*                        # bullets
       | \(?\d{1,3}\s*[.):\]]\s*            # 1. 1) (1) 1:
-      | (?:question|request|q|user|text|chatbot|example)\s*\d*\s*[:.-]\s*   # "Question 3:", "Q:", "User:"
+      | (?:question|request|q|answer|user|text|chatbot|example)\s*\d*\s*[:.-]\s*   # "Question 3:", "Q:", "User:"
     )+""", re.IGNORECASE | re.VERBOSE)
 _QUOTES = "\"'“”‘’`*_"
 # Common English function words: a real English sentence of 3+ words nearly always has one.

@@ -91,14 +91,15 @@ MAX_WER = 0.35  # espeak-ng/flite are robotic; Whisper base still gets most word
 def test_music_audio_is_intelligible(music):
     # Imported here: whisper_min is the project's own Whisper and may be absent
     # while the data generator is developed; only this test needs it.
-    from whisper_min import load_model, transcribe
+    from whisper_min import get_tokenizer, load_audio, load_model, transcribe
 
     out, rows = music
-    model = load_model(os.environ.get("DAS_WHISPER_MODEL", "base"))
+    name = os.environ.get("DAS_WHISPER_MODEL", "base")
+    model, tokenizer = load_model(name), get_tokenizer(name)
     errors = total = 0
     per_voice = {}
     for r in rows:
-        result = transcribe(model, str(out / r["audio"]))
+        result = transcribe(model, load_audio(str(out / r["audio"])), tokenizer)
         hyp = result["text"] if isinstance(result, dict) else str(result)
         e, n = word_errors(r["text"], hyp)
         errors, total = errors + e, total + n
