@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import adml
+import adml_reference
 import whisper_min
 from whisper_min.decoding import DecodingOptions, decode
 from whisper_min.model import ModelDimensions, Whisper
@@ -79,7 +80,7 @@ OPTIONS = DecodingOptions(sample_len=12)
 
 def merged_logits(model, deltas, audio, tokens):
     """A stand-alone model with B A merged into W0, teacher-forced, no cache: (U, T, V)."""
-    with adml.swapped(model, adml.one_adapter_modules(model, deltas, merged=True)), torch.no_grad():
+    with adml.swapped(model, adml_reference.one_adapter_modules(model, deltas, merged=True)), torch.no_grad():
         return model.logits(tokens, audio)
 
 
@@ -110,7 +111,7 @@ def test_sequential_reference_logits_equal_merged(tiny, tokenizer):
     audio = tiny_features(U=1)
     tokens = torch.tensor([list(tokenizer.sot_sequence)])
     with torch.no_grad():
-        ref = adml.SequentialStreams(tiny, adapters, audio)(tokens, 0)  # (S, U, T, V)
+        ref = adml_reference.SequentialStreams(tiny, adapters, audio)(tokens, 0)  # (S, U, T, V)
     for s, a in enumerate([None] + adapters):
         want = merged_logits(tiny, a.deltas if a else {}, audio, tokens)
         torch.testing.assert_close(ref[s], want, atol=LOGIT_ATOL, rtol=LOGIT_RTOL)
@@ -174,7 +175,7 @@ def test_batched_equals_sequential_tokens_and_text(tiny, tokenizer, strategy):
     audio = tiny_features(U=2)
     got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, strategy=strategy)
     for merged in (False, True):
-        ref = adml.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
+        ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
                                      strategy=strategy, merged=merged)
         assert [r.tokens for r in got] == [r.tokens for r in ref]
         assert [r.text for r in got] == [r.text for r in ref]
@@ -314,7 +315,7 @@ def test_real_speech_batched_equals_sequential(base_model, base_tokenizer, base_
     adapters = base_adapters(base_model)
     options = DecodingOptions(without_timestamps=True)
     got = adml.decode(base_model, None, base_tokenizer, options, audio_features=base_features, adapters=adapters)
-    ref = adml.decode_sequential(base_model, None, base_tokenizer, options, audio_features=base_features,
+    ref = adml_reference.decode_sequential(base_model, None, base_tokenizer, options, audio_features=base_features,
                                  adapters=adapters)
     assert [r.tokens for r in got] == [r.tokens for r in ref]
     assert [r.text for r in got] == [r.text for r in ref]

@@ -1,0 +1,130 @@
+"""The paper's Table VI on this machine: real-time factor of ADML with k adapters, batched
+(one pass, B(AX)) and sequential (each adapter's model run on its own), against the base.
+
+    python bench/adml.py [--quick] [--device cuda] [--ks 1,2,3,10,25] [--clips N]
+
+RTF = wall time (log-mel + encoder + decoding, per utterance as the paper decodes) / audio
+seconds. %dP and %dS are the RTF increases over the base of the batched and the sequential
+forms; speed-up = %dS / %dP, the paper's last column. Every configuration runs once per
+round, rounds interleaved, and each reports its fastest round: the machine is shared, so
+only ratios from the same run mean anything. Adapters are random rank-64 deltas (the rank
+of real PiSSA deltas) on the paper's targets, small enough that the transcripts (and so
+the number of decoding steps) stay the base's; the token counts are printed to check.
+"""
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import adml  # noqa: E402
+import adml_reference  # noqa: E402
+import whisper_min  # noqa: E402
+from whisper_min.decoding import DecodingOptions, decode  # noqa: E402
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+TARGETS = ["attn.query", "attn.value", "cross_attn.query", "cross_attn.value"]
+
+
+def random_adapters(model, k: int, rank: int, scale: float = 0.05):
+    g = torch.Generator().manual_seed(0)
+    adapters = []
+    for i in range(k):
+        deltas = {}
+        for b in range(len(model.decoder.blocks)):
+            for t in TARGETS:
+                lin = model.get_submodule(f"decoder.blocks.{b}.{t}")
+                A = torch.randn(rank, lin.in_features, generator=g) / math.sqrt(lin.in_features)
+                B = torch.randn(lin.out_features, rank, generator=g) * scale / math.sqrt(rank)
+                deltas[f"decoder.blocks.{b}.{t}"] = (A, B)
+        adapters.append({"name": f"random{i}", "deltas": deltas})
+    return [type("Adapter", (), a)() for a in adapters]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_config(model, tokenizer, audios, decode_fn, device) -> tuple[float, int]:
+    """Seconds for all clips (mel, encoder, decoding; one utterance at a time), tokens out."""
+    options = DecodingOptions(without_timestamps=True)
+    sync(device)
+    t0 = time.perf_counter()
+    n_tokens = 0
+    for audio in audios:
+        mel = whisper_min.log_mel_spectrogram(whisper_min.pad_or_trim(audio), device=device)
+        n_tokens += len(decode_fn(model, mel, tokenizer, options)[0].tokens)
+    sync(device)
+    return time.perf_counter() - t0, n_tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="base", help="embedded model name or model directory")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--ks", default="1,2,3,10,25", help="adapter counts, comma-separated")
+    p.add_argument("--rank", type=int, default=64, help="adapter rank (real PiSSA deltas are 2r = 64)")
+    p.add_argument("--clips", type=int, default=5, help="how many LibriVox clips")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each config keeps its fastest")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    p.add_argument("--no-sequential", action="store_true", help="skip the sequential reference (it is slow)")
+    p.add_argument("--quick", action="store_true", help="2 clips, 1 round, k = 1, 3, 25")
+    args = p.parse_args()
+    if args.quick:
+        args.clips, args.rounds, args.ks = 2, 1, "1,3,25"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.set_grad_enabled(False)
+
+    model = whisper_min.load_model(args.model, device=device)
+    tokenizer = whisper_min.get_tokenizer(args.model)
+    wavs = sorted(LIBRIVOX.glob("*.wav"))[: args.clips]
+    audios = [torch.from_numpy(whisper_min.load_audio(str(w))) for w in wavs]
+    seconds = sum(len(a) for a in audios) / 16000
+    ks = [int(k) for k in args.ks.split(",")]
+    stacks = {k: adml.stack_adapters(random_adapters(model, k, args.rank), model) for k in ks}
+
+    configs = {"original": decode}
+    for k in ks:
+        configs[f"{k}-P"] = (lambda k: lambda m, mel, tok, opt: adml.decode(m, mel, tok, opt, adapters=stacks[k]))(k)
+        if not args.no_sequential:
+            # the sequential reference takes per-adapter deltas: unstack them once, outside the timing
+            deltas = [{n: (A[i], B[i]) for n, (A, B) in stacks[k].deltas.items()} for i in range(k)]
+            configs[f"{k}-S"] = (lambda d: lambda m, mel, tok, opt: adml_reference.decode_sequential(
+                m, mel, tok, opt, adapters=d))(deltas)
+
+    print(f"# {args.model} on {device} ({torch.get_num_threads()} threads), {len(audios)} LibriVox clips, "
+          f"{seconds:.1f} s of audio, rank {args.rank}, {args.rounds} round(s)", flush=True)
+    run_config(model, tokenizer, audios[:1], decode, device)  # warm-up
+    best, tokens = {}, {}
+    for r in range(args.rounds):
+        for name, fn in configs.items():
+            t, n = run_config(model, tokenizer, audios, fn, device)
+            best[name] = min(best.get(name, math.inf), t)
+            tokens[name] = n
+            print(f"  round {r + 1} {name:>9}: {t:7.2f} s, {n} tokens", file=sys.stderr, flush=True)
+
+    base = best["original"] / seconds
+    print(f"{'':>10} {'RTF':>8} {'%dP':>8} {'%dS':>8} {'speed-up':>9} {'tokens':>7}")
+    print(f"{'original':>10} {base:8.4f} {'-':>8} {'-':>8} {'-':>9} {tokens['original']:>7}")
+    for k in ks:
+        rtf = best[f"{k}-P"] / seconds
+        dp = rtf / base - 1
+        if f"{k}-S" in best:
+            ds = best[f"{k}-S"] / seconds / base - 1
+            speed = f"{ds / dp:8.1f}x" if dp > 0 else "     inf"
+            ds_s = f"{100 * ds:+7.1f}%"
+        else:
+            speed, ds_s = "-", "-"
+        print(f"{f'{k}-domain':>10} {rtf:8.4f} {100 * dp:+7.1f}% {ds_s:>8} {speed:>9} {tokens[f'{k}-P']:>7}")
+
+
+if __name__ == "__main__":
+    main()
