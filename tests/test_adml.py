@@ -354,3 +354,35 @@ def test_real_speech_logits_equal_merged_models(base_model, base_tokenizer, base
     for s, a in enumerate([None] + adapters):
         want = merged_logits(base_model, a.deltas if a else {}, audio, tokens)
         torch.testing.assert_close(batched[s], want, atol=1e-3, rtol=1e-4, msg=f"stream {s}")
+
+
+# ---------------------------------------------------------------------------- adapter files (lora.py)
+
+
+def test_make_decoder_on_adapter_files(tiny, tokenizer, tmp_path):
+    import copy
+
+    import lora
+
+    paths = []
+    for i, domain in enumerate(["music", "sports"]):
+        trained = copy.deepcopy(tiny)
+        lora.add_lora(trained, r=4, generator=torch.Generator().manual_seed(i))
+        for layer in lora.lora_layers(trained).values():  # stand-in for training: move off the init
+            layer.lora_B.data.normal_(std=0.5, generator=torch.Generator().manual_seed(i))
+        paths.append(lora.save_adapter(trained, tmp_path / f"{domain}.st", domain=domain, base_model="tiny-random"))
+    decode_fn = adml.make_decoder(tiny, [str(p) for p in paths], tau=0.025, strategy="das")
+    assert decode_fn.adapter_names == ["music", "sports"]
+    audio = tiny_features(U=1)
+    got = decode_fn(tiny, None, tokenizer, OPTIONS, audio_features=audio)
+    adapters = [lora.load_adapter(p, tiny) for p in paths]
+    ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters)
+    assert [r.tokens for r in got] == [r.tokens for r in ref] and len(got[0].stream_tokens) == 3
+    with pytest.raises(ValueError, match="duplicate adapters"):
+        adml.make_decoder(tiny, [str(paths[0]), str(paths[0])])
+    with pytest.raises(ValueError, match="tau must be"):
+        adml.make_decoder(tiny, [str(paths[0])], tau=-1)
+    other = copy.deepcopy(tiny)
+    torch.nn.init.normal_(other.decoder.ln.weight)
+    with pytest.raises(lora.AdapterError, match="different base model"):
+        adml.make_decoder(other, [str(paths[0])])
