@@ -103,6 +103,8 @@ def init_pissa(layer: LoRALinear, generator: torch.Generator | None = None) -> N
     """PiSSA: W0 = U S V^T; B = U_r sqrt(S_r), A = sqrt(S_r) V_r^T, each divided by sqrt(s)
     so that s B A is the principal part; the frozen weight becomes the residual W0 - s B A."""
     W0 = layer.base.weight.float()
+    if layer.r > min(W0.shape):
+        raise ValueError(f"PiSSA rank r={layer.r} exceeds the layer's rank bound {min(W0.shape)}")
     U, S, Vh = torch.linalg.svd(W0, full_matrices=False)  # (out, k), (k,), (k, in)
     root = (S[: layer.r] / layer.scale).sqrt()  # (r,)
     B, A = U[:, : layer.r] * root, root[:, None] * Vh[: layer.r]  # (out, r), (r, in)
