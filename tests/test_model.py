@@ -102,3 +102,35 @@ def test_config_json_is_huggingface_style(tmp_path):
     save_model_dir(random_model().state_dict(), TINY, tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["model_type"] == "whisper" and config["d_model"] == 64 and config["num_mel_bins"] == 80
+
+
+def test_large_v3_shapes_128_mels_and_100_languages():
+    from whisper_min import get_tokenizer as named_tokenizer
+    from whisper_min.embedded import resolve_model
+    from whisper_min.tokenizer import get_tokenizer
+
+    dims = ModelDimensions(n_mels=128, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51866, n_text_ctx=16, n_text_state=64, n_text_head=2, n_text_layer=1)
+    model = random_model(dims)
+    with torch.no_grad():
+        logits = model(torch.randn(1, 128, 3000), torch.tensor([[50258, 50259, 50360]]))
+    assert logits.shape == (1, 3, 51866)
+    tok = get_tokenizer(resolve_model("base") / "tokenizer.json", 51866)
+    assert tok.num_languages == 100 and tok.language_token("yue") == 50358 and tok.timestamp_begin == 50365
+    assert named_tokenizer("base").num_languages == 99
+
+
+def test_temperature_fallback_retries_hotter_only_when_needed():
+    from whisper_min.decoding import DecodingOptions, DecodingResult
+    from whisper_min.transcribe import TranscribeOptions, decode_with_fallback
+
+    seen = []
+
+    def fake_decode(model, mel, tokenizer, options):
+        seen.append(options.temperature)
+        lp = -2.0 if options.temperature < 0.4 else -0.1  # unlikely text until T = 0.4
+        return [DecodingResult(tokens=[1], text="hello", avg_logprob=lp, no_speech_prob=0.0,
+                               temperature=options.temperature)]
+
+    result = decode_with_fallback(None, None, None, DecodingOptions(), TranscribeOptions(), fake_decode)
+    assert seen == [0.0, 0.2, 0.4] and result.temperature == 0.4
