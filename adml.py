@@ -309,22 +309,40 @@ class BatchedStreams:
             self.cross_kv = decoder.cross_kv(audio_features)
             self.cache = decoder.new_cache(self.U)
 
-    def __call__(self, tokens: Tensor, offset: int) -> Tensor:
-        """tokens (U, T) at [offset, offset + T) -> logits (S, U, T, V)."""
-        decoder, (U, T) = self.model.decoder, tokens.shape
+    def prefill(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The start tokens (U, T0) -> next-token logits of every stream (S, U, V), and the
+        base's logits at every start position (U, T0, V) (for the no-speech probability).
+        Only those rows go through the vocabulary projection, not S * U * T0 of them."""
         if not self.k:
-            return decoder(tokens, self.cross_kv, self.cache, offset)[None]
+            logits = self.model.decoder(tokens, self.cross_kv, self.cache, 0)  # (U, T0, V)
+            return logits[None, :, -1], logits
+        U, T0 = tokens.shape
+        h = self._hidden(tokens, 0).view(self.S, U, T0, -1)  # (S, U, T0, D)
+        last = self._project(h[:, :, -1].reshape(self.S * U, -1)).view(self.S, U, -1)
+        return last, self._project(h[0].reshape(U * T0, -1)).view(U, T0, -1)
+
+    def step(self, token: Tensor, offset: int) -> Tensor:
+        """One new token per utterance (U, 1) at `offset` -> next-token logits (S, U, V)."""
+        if not self.k:
+            return self.model.decoder(token, self.cross_kv, self.cache, offset)[None, :, -1]
+        return self._project(self._hidden(token, offset)[:, -1]).view(self.S, self.U, -1)
+
+    def _hidden(self, tokens: Tensor, offset: int) -> Tensor:
+        """TextDecoder.forward up to its final layer norm, for all streams: (S*U, T, D)."""
+        decoder, T = self.model.decoder, tokens.shape[1]
         x = decoder.token_embedding(tokens.repeat(self.S, 1)) + decoder.positional_embedding[offset : offset + T]
         for i, block in enumerate(decoder.blocks):
-            x = block(x, self.cross_kv[i], self.cache.layers[i], offset)  # (S*U, T, D)
-        x = decoder.ln(x)
-        w = decoder.token_embedding.weight
-        h = x.reshape(-1, x.shape[-1]).to(w.dtype)  # (S*U*T, D)
-        # For a few rows MKL's h W^T is a slow path; W h^T reads the (V, D) table once in row
-        # order, about 2x faster. From ~10 rows on, the product is compute-bound and h W^T is
-        # as fast without the transposed copy. Either way every stream shares one read of W.
-        logits = (w @ h.T).T if h.shape[0] <= 8 else h @ w.T  # (S*U*T, V)
-        return logits.float().reshape(self.S, U, T, -1)  # (S, U, T, V)
+            x = block(x, self.cross_kv[i], self.cache.layers[i], offset)
+        return decoder.ln(x)
+
+    def _project(self, h: Tensor) -> Tensor:
+        """Final hidden states (rows, D) -> logits (rows, V), W being the tied token embedding.
+        For a few rows MKL's h W^T is a slow path; W h^T reads the (V, D) table once in row
+        order, about 2x faster. From ~10 rows on the product is compute-bound and h W^T is as
+        fast without the transposed copy. Either way all streams share one read of W."""
+        w = self.model.decoder.token_embedding.weight
+        h = h.to(w.dtype)
+        return ((w @ h.T).T if h.shape[0] <= 8 else h @ w.T).float()
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -332,7 +350,9 @@ class BatchedStreams:
 
 def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: DecodingOptions, n_vocab: int,
         n_text_ctx: int, tau: float, strategy: str) -> list[DecodingResult]:
-    """Algorithm 1 for U utterances; `streams(tokens, offset)` gives every stream's logits."""
+    """Algorithm 1 for U utterances. `streams` (BatchedStreams, or the reference's
+    SequentialStreams) has `prefill(tokens)` and `step(token, offset)` giving every stream's
+    next-token logits (S, U, V); all the rest is shared, so the two differ only there."""
     U = audio_features.shape[0]
     start = initial_tokens(tokenizer, options)
     sample_begin = len(start)
@@ -341,10 +361,10 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
     eot = tokenizer.eot
 
     tokens = torch.tensor([start] * U, device=audio_features.device)  # (U, T0)
-    logits = streams(tokens, 0)  # (S, U, T0, V)
+    logits, base_logits = streams.prefill(tokens)  # (S, U, V), (U, T0, V)
     S = logits.shape[0]
-    no_speech_probs = logits[0, :, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
-    logits = logits[:, :, -1]  # (S, U, V)
+    # As in plain decoding: the base's probability of <|nospeech|> right after <|startoftranscript|>.
+    no_speech_probs = base_logits[:, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
     sum_logprobs = torch.zeros(U, device=tokens.device)
     counts = torch.zeros(U, S, dtype=torch.long, device=tokens.device)
     rows = torch.arange(U, device=tokens.device)
@@ -363,7 +383,7 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
         tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
         if (tokens[:, -1] == eot).all() or tokens.shape[1] >= n_text_ctx:
             break
-        logits = streams(tokens[:, -1:], tokens.shape[1] - 1)[:, :, -1]  # (S, U, V)
+        logits = streams.step(tokens[:, -1:], tokens.shape[1] - 1)  # (S, U, V)
 
     results = []
     for row, lp, nsp, n in zip(tokens.tolist(), sum_logprobs.tolist(), no_speech_probs, counts.tolist()):

@@ -62,12 +62,19 @@ class SequentialStreams:
                 self.cross_kv.append(model.decoder.cross_kv(audio_features))
             self.caches.append(model.decoder.new_cache(audio_features.shape[0]))
 
-    def __call__(self, tokens: Tensor, offset: int) -> Tensor:
+    def _all(self, tokens: Tensor, offset: int) -> Tensor:
         out = []
         for m, kv, cache in zip(self.modules, self.cross_kv, self.caches):
             with swapped(self.model, m):
                 out.append(self.model.decoder(tokens, kv, cache, offset))
         return torch.stack(out)  # (S, U, T, V)
+
+    def prefill(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self._all(tokens, 0)  # (S, U, T0, V)
+        return logits[:, :, -1], logits[0]
+
+    def step(self, token: Tensor, offset: int) -> Tensor:
+        return self._all(token, offset)[:, :, -1]  # (S, U, V)
 
 
 @torch.inference_mode()
