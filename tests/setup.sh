@@ -14,3 +14,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python -m pip install -q --no-deps openai-whisper==20250625
 python -m pip install -q numba more-itertools tqdm
+# peft + transformers: the adapter interchange test loads our adapters into them
+python -m pip install -q peft transformers
