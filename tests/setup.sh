@@ -5,7 +5,7 @@
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need=()
-for pkg in pocketsphinx-testdata espeak-ng flite sox; do
+for pkg in pocketsphinx-testdata espeak-ng flite sox curl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -16,3 +16,5 @@ python -m pip install -q --no-deps openai-whisper==20250625
 python -m pip install -q numba more-itertools tqdm
 # peft + transformers: the adapter interchange test loads our adapters into them
 python -m pip install -q peft transformers
+# The `llm` tests serve SmolLM2-135M with llama-cpp-python, built from source (~10 min once).
+bash "$(dirname "$0")/../bench/llm_server.sh" install
