@@ -219,8 +219,10 @@ class MultiLoRACrossAttention(nn.Module):
         self.value_A, self.value_B = value if value is not None else (None, None)
 
     def _heads(self, x: Tensor) -> Tensor:
+        # Contiguous per head (a one-off copy per window): every step's matmuls then read
+        # each head's keys/values as one block instead of 64-float pieces 512 floats apart.
         U, N, D = x.shape
-        return x.view(U, N, self.n_head, D // self.n_head).transpose(1, 2)  # (U, H, N, Dh)
+        return x.view(U, N, self.n_head, D // self.n_head).transpose(1, 2).contiguous()  # (U, H, N, Dh)
 
     def shared_kv(self, audio: Tensor) -> SharedCrossKV:
         """audio (U, N, D) -> the base keys/values once, plus the adapters' low-rank factors."""
@@ -232,19 +234,27 @@ class MultiLoRACrossAttention(nn.Module):
         U, H, N, Dh = kv.k0.shape
         SU, T, D = x.shape
         S = SU // U
-        q = self.mha.query(x).view(S, U, T, H, Dh).transpose(2, 3)  # (S, U, H, T, Dh)
-        scores = torch.einsum("suhtd,uhnd->suhtn", q, kv.k0)  # (S, U, H, T, N): K_0 read once
+        # Streams fold into the query rows of each (utterance, head), so one matmul reads K_0
+        # (and one V_0) for all of them. The 1/sqrt(Dh) goes on q, the smallest operand.
+        q = self.mha.query(x) * Dh**-0.5
+        q = q.view(S, U, T, H, Dh).permute(1, 3, 0, 2, 4)  # (U, H, S, T, Dh)
+        scores = q.reshape(U, H, S * T, Dh) @ kv.k0.transpose(-1, -2)  # (U, H, S*T, N)
+        k = S - 1
+        # B_i^h, head h's rows of adapter i's B (out = H*Dh, r), is block i*H + h of B viewed
+        # as (k*H, Dh, r): one bmm over (adapter, head) pairs, no copy of B.
         if kv.pk is not None:
-            Bh = self.key_B.view(-1, H, Dh, self.key_B.shape[-1])  # (k, H, Dh, r)
-            qB = torch.einsum("kuhtd,khdr->kuhtr", q[1:], Bh)
-            scores[1:] += torch.einsum("kuhtr,kunr->kuhtn", qB, kv.pk)
-        attn = (scores * Dh**-0.5).softmax(dim=-1)
-        out = torch.einsum("suhtn,uhnd->suhtd", attn, kv.v0)  # (S, U, H, T, Dh)
+            qk = q[:, :, 1:].permute(2, 1, 0, 3, 4).reshape(k * H, U * T, Dh)  # (k*H, U*T, Dh)
+            qB = torch.bmm(qk, self.key_B.view(k * H, Dh, -1)).view(k, H, U, T, -1)  # (k, H, U, T, r)
+            scores.view(U, H, S, T, N)[:, :, 1:] += torch.einsum("khutr,kunr->uhktn", qB, kv.pk)
+        attn = scores.softmax(dim=-1)
+        out = (attn @ kv.v0).view(U, H, S, T, Dh)  # (U, H, S*T, Dh) -> (U, H, S, T, Dh)
         if kv.pv is not None:
-            Bh = self.value_B.view(-1, H, Dh, self.value_B.shape[-1])  # (k, H, Dh, r)
-            aP = torch.einsum("kuhtn,kunr->kuhtr", attn[1:], kv.pv)
-            out[1:] += torch.einsum("kuhtr,khdr->kuhtd", aP, Bh)
-        return self.mha.out(out.transpose(2, 3).reshape(SU, T, D))  # (S*U, T, D)
+            aP = torch.einsum("uhktn,kunr->khutr", attn.view(U, H, S, T, N)[:, :, 1:], kv.pv)  # (k, H, U, T, r)
+            r = aP.shape[-1]
+            delta = torch.bmm(aP.reshape(k * H, U * T, r), self.value_B.view(k * H, Dh, r).transpose(1, 2))
+            out[:, :, 1:] += delta.view(k, H, U, T, Dh).permute(2, 1, 0, 3, 4)  # (U, H, k, T, Dh)
+        out = out.permute(2, 0, 3, 1, 4)  # (S, U, T, H, Dh)
+        return self.mha.out(out.reshape(SU, T, D))  # (S*U, T, D)
 
 
 @contextmanager
