@@ -437,10 +437,12 @@ def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingO
         return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy)
 
 
-def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das"):
+def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das", single: str = "lora"):
     """Adapter files -> a `decode_fn(model, mel, tokenizer, options, audio_features=None)` for
     `whisper_min.transcribe`. Loads each adapter once (lora.load_adapter raises for a file made
-    for another base model); raises ValueError for a file given twice, a bad tau or strategy."""
+    for another base model); raises ValueError for a file given twice, a bad tau or strategy.
+    One file with single="lora" is plain decoding with that adapter merged in (the issue's
+    "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead."""
     import os
 
     import lora  # only here: adml itself works on any Adapter-like objects
@@ -453,9 +455,43 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
     if dupes:
         raise ValueError(f"duplicate adapters: {', '.join(dupes)} given more than once")
     stack = stack_adapters([lora.load_adapter(p, model) for p in paths], model)
-
-    def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
-        return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy)
+    if single not in ("lora", "adml"):
+        raise ValueError(f"single must be 'lora' or 'adml', not {single!r}")
+    if stack.k == 1 and single == "lora":
+        def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
+            return decode_merged(model, mel, tokenizer, options, audio_features, stack)
+    else:
+        def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
+            return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy)
 
     decode_fn.adapter_names = stack.names
     return decode_fn
+
+
+@torch.inference_mode()
+def decode_merged(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions,
+                  audio_features: Tensor | None, stack: StackedAdapters) -> list[DecodingResult]:
+    """Plain greedy decoding with one adapter merged in (W0 + B A, new tensors for the
+    duration; the model's own weights are never written)."""
+    from whisper_min.decoding import decode as plain_decode
+
+    if stack.k != 1:
+        raise ValueError(f"decode_merged takes exactly one adapter, not {stack.k}")
+    merged = {}
+    for name, (A, B) in stack.deltas.items():
+        base = model.get_submodule(name)
+        merged[name] = _Merged(base.weight + B[0] @ A[0], base.bias)
+    with swapped(model, merged):
+        results = plain_decode(model, mel, tokenizer, options, audio_features)
+    for r in results:
+        r.stream_tokens = [0, len(r.tokens)]
+    return results
+
+
+class _Merged(nn.Module):
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)

@@ -382,6 +382,11 @@ def test_make_decoder_on_adapter_files(tiny, tokenizer, tmp_path):
     adapters = [lora.load_adapter(p, tiny) for p in paths]
     ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters)
     assert [r.tokens for r in got] == [r.tokens for r in ref] and len(got[0].stream_tokens) == 3
+    # one adapter: plain decoding of base + that adapter (merged), as the CLI's --loras x.st
+    one = adml.make_decoder(tiny, [str(paths[0])])(tiny, None, tokenizer, OPTIONS, audio_features=audio)
+    with adml.swapped(tiny, adml_reference.one_adapter_modules(tiny, adapters[0].deltas, merged=True)):
+        alone = decode(tiny, None, tokenizer, OPTIONS, audio_features=audio)
+    assert one[0].tokens == alone[0].tokens and one[0].stream_tokens == [0, len(alone[0].tokens)]
     with pytest.raises(ValueError, match="duplicate adapters"):
         adml.make_decoder(tiny, [str(paths[0]), str(paths[0])])
     with pytest.raises(ValueError, match="tau must be"):
