@@ -312,10 +312,11 @@ def base_features(base_model, real_clips):
 
 
 def base_adapters(model, k: int = 3):
-    # rank 64 like real PiSSA deltas on the paper's targets; scale picked so that the
-    # adapters change some tokens of real speech but still transcribe it
+    # rank 64 like real PiSSA deltas on the paper's targets. At scale 0.2 the adapters win
+    # about half the tokens under Eq. (3) and the text still reads right; from 0.3 on they
+    # start to derail the transcripts, which would make the comparison cover fewer steps.
     targets = ["attn.query", "attn.value", "cross_attn.query", "cross_attn.value"]
-    return [random_adapter(model, 64, seed=100 + i, scale=0.6, targets=targets) for i in range(k)]
+    return [random_adapter(model, 64, seed=100 + i, scale=0.2, targets=targets) for i in range(k)]
 
 
 @pytest.mark.slow
@@ -328,9 +329,8 @@ def test_real_speech_batched_equals_sequential(base_model, base_tokenizer, base_
     assert [r.tokens for r in got] == [r.tokens for r in ref]
     assert [r.text for r in got] == [r.text for r in ref]
     assert [r.stream_tokens for r in got] == [r.stream_tokens for r in ref]
-    assert any(sum(r.stream_tokens[1:]) > 0 for r in got), "the adapters never won: the test would be vacuous"
-    plain = decode(base_model, None, base_tokenizer, options, audio_features=base_features)
-    assert all(r.text for r in got) and [r.text for r in got] != [p.text for p in plain]
+    assert sum(sum(r.stream_tokens[1:]) for r in got) > 10, "the adapters hardly won: the test would be weak"
+    assert all(len(r.tokens) > 3 for r in got)
 
 
 @pytest.mark.slow
