@@ -160,14 +160,14 @@ class MultiLoRALinear(nn.Module):
     """A decoder linear for S = k + 1 streams: W0 x for all rows, plus B_i A_i x for stream i.
 
     Eq. (2) with real numbers (Whisper base, k = 3 adapters of rank r = 64, D = 512, one
-    utterance, one new token): the paper writes the deltas as B(AX) with
-    X = concat(x_1, x_2, x_3), A = concat(A_1, A_2, A_3) (192 x 512) and
-    B = blk_diag(B_1, B_2, B_3) (1536 x 192). Done as written, A X computes every A_i on
-    every x_j (3 x 3 blocks) and B has 1536 x 192 = 295k multiply-adds of which two
-    thirds hit zero blocks. Stacking the blocks on a batch dimension does only the
-    diagonal: bmm((3, 1, 512), (3, 512, 64)) -> (3, 1, 64), then
-    bmm((3, 1, 64), (3, 64, 512)) -> (3, 1, 512): 3 x 2 x 32k = 197k multiply-adds, the
-    same as three separate LoRAs, in two kernel calls whatever k is.
+    utterance, one new token). Stack X = [x_1; x_2; x_3] (1536), A = blk_diag(A_1, A_2, A_3)
+    (192 x 1536; the paper's concat(A_i), each A_i applied to its own stream only) and
+    B = blk_diag(B_1, B_2, B_3) (1536 x 192). As dense matrices A X costs 192 x 1536 = 295k
+    multiply-adds and B (A X) another 295k, two thirds of each on zero blocks. With the
+    blocks stacked on a batch dimension only the diagonal is computed:
+    bmm((3, 1, 512), (3, 512, 64)) -> (3, 1, 64) is 3 x 32k = 98k multiply-adds and
+    bmm((3, 1, 64), (3, 64, 512)) -> (3, 1, 512) another 98k: 197k instead of 590k, the same
+    as three separate LoRAs, in two kernel calls whatever k is.
     """
 
     def __init__(self, base: nn.Linear, A: Tensor, B: Tensor):

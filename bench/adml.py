@@ -2,6 +2,7 @@
 (one pass, B(AX)) and sequential (each adapter's model run on its own), against the base.
 
     python bench/adml.py [--quick] [--device cuda] [--ks 1,2,3,10,25] [--clips N]
+    python bench/adml.py --threads 1 --clock cpu   # on a CPU shared with other work
 
 RTF = wall time (log-mel + encoder + decoding, per utterance as the paper decodes) / audio
 seconds. %dP and %dS are the RTF increases over the base of the batched and the sequential
