@@ -302,8 +302,9 @@ class BatchedStreams:
     """All S streams in one decoder forward (the model must have `multi_lora_modules` in).
 
     k = 0 calls the untouched `model.decoder`, so it is plain decoding, bit for bit. For
-    k >= 1 the decoder's few lines are repeated here for one change: the layout of the
-    vocabulary projection, the largest cost per step (see `__call__`).
+    k >= 1 the decoder's few lines are repeated here for one change: only the rows the loop
+    reads go through the vocabulary projection (`TextDecoder.project`), the largest cost
+    per step, and all streams share one read of its weights.
     """
 
     def __init__(self, model: Whisper, k: int, audio_features: Tensor):
@@ -328,14 +329,14 @@ class BatchedStreams:
             return logits[None, :, -1], logits
         U, T0 = tokens.shape
         h = self._hidden(tokens, 0).view(self.S, U, T0, -1)  # (S, U, T0, D)
-        last = self._project(h[:, :, -1].reshape(self.S * U, -1)).view(self.S, U, -1)
-        return last, self._project(h[0].reshape(U * T0, -1)).view(U, T0, -1)
+        last = self.model.decoder.project(h[:, :, -1].reshape(self.S * U, -1)).view(self.S, U, -1)
+        return last, self.model.decoder.project(h[0].reshape(U * T0, -1)).view(U, T0, -1)
 
     def step(self, token: Tensor, offset: int) -> Tensor:
         """One new token per utterance (U, 1) at `offset` -> next-token logits (S, U, V)."""
         if not self.k:
             return self.model.decoder(token, self.cross_kv, self.cache, offset)[None, :, -1]
-        return self._project(self._hidden(token, offset)[:, -1]).view(self.S, self.U, -1)
+        return self.model.decoder.project(self._hidden(token, offset)[:, -1]).view(self.S, self.U, -1)
 
     def _hidden(self, tokens: Tensor, offset: int) -> Tensor:
         """TextDecoder.forward up to its final layer norm, for all streams: (S*U, T, D)."""
@@ -344,15 +345,6 @@ class BatchedStreams:
         for i, block in enumerate(decoder.blocks):
             x = block(x, self.cross_kv[i], self.cache.layers[i], offset)
         return decoder.ln(x)
-
-    def _project(self, h: Tensor) -> Tensor:
-        """Final hidden states (rows, D) -> logits (rows, V), W being the tied token embedding.
-        For a few rows MKL's h W^T is a slow path; W h^T reads the (V, D) table once in row
-        order, about 2x faster. From ~10 rows on the product is compute-bound and h W^T is as
-        fast without the transposed copy. Either way all streams share one read of W."""
-        w = self.model.decoder.token_embedding.weight
-        h = h.to(w.dtype)
-        return ((w @ h.T).T if h.shape[0] <= 8 else h @ w.T).float()
 
 
 # ---------------------------------------------------------------------------- the loop
