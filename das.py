@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+from adml import STRATEGIES
+
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="base", help="'base' (default), 'tiny.en', or a model directory")
@@ -18,7 +20,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--loras", default="", help="comma-separated adapter files (.st) decoded together with ADML")
     p.add_argument("--tau", default="0.025", help="ADML confidence threshold τ of Eq. (3), >= 0")
-    p.add_argument("--strategy", default="das", help="ADML token selection: das, base, most-confident, majority")
+    p.add_argument("--strategy", default="das", choices=STRATEGIES,
+                   help="ADML token selection: Eq. (3) (das) or an ablation")
 
 
 def format_timestamp(seconds: float, sep: str) -> str:
@@ -29,11 +32,11 @@ def format_timestamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def render(result: dict, path: str, fmt: str, rtf: float, n_files: int) -> str:
+def render(result: dict, path: str, fmt: str, rtf: float, n_files: int, streams: list[str]) -> str:
     if fmt == "jsonl":
         row = {"audio": path, "text": result["text"], "duration": round(result["duration"], 3), "rtf": round(rtf, 4)}
-        if result.get("stream_tokens") is not None:
-            row["stream_tokens"] = result["stream_tokens"]
+        if streams:  # how many tokens each stream (base, then each adapter) contributed
+            row["stream_tokens"] = dict(zip(streams, result["stream_tokens"] or [0] * len(streams)))
         return json.dumps(row, ensure_ascii=False)
     if fmt == "text":
         return f"{path}: {result['text']}" if n_files > 1 else result["text"]
@@ -78,25 +81,23 @@ def cmd_transcribe(args) -> int:
             continue
         if not result["text"]:
             print(f"das: {path}: no speech found", file=sys.stderr)
-        print(render(result, path, args.format, rtf, len(args.files)), flush=True)
+        streams = ["base", *decode_fn.adapter_names] if hasattr(decode_fn, "adapter_names") else []
+        print(render(result, path, args.format, rtf, len(args.files), streams), flush=True)
     return 1 if failed else 0
 
 
 def load_decoder(args, model):
     """The window decoder: plain greedy without --loras, ADML with them."""
+    import adml
     from whisper_min import decode
 
-    paths = [p for p in args.loras.split(",") if p.strip()]
     try:
-        tau = float(args.tau)
-    except ValueError:
-        raise ValueError(f"--tau {args.tau!r} is not a number") from None
-    if not tau >= 0:  # also rejects NaN
-        raise ValueError(f"--tau must be >= 0, not {args.tau}")
+        tau = adml.check_tau(args.tau)
+    except ValueError as e:
+        raise ValueError(f"--tau: {e}") from None
+    paths = [p.strip() for p in args.loras.split(",") if p.strip()]
     if not paths:
         return decode
-    import adml
-
     return adml.make_decoder(model, paths, tau=tau, strategy=args.strategy)
 
 
