@@ -472,7 +472,7 @@ def decode_merged(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: De
     merged = {}
     for name, (A, B) in stack.deltas.items():
         base = model.get_submodule(name)
-        merged[name] = _Merged(base.weight + B[0] @ A[0], base.bias)
+        merged[name] = MergedLinear(base.weight + B[0] @ A[0], base.bias)
     with swapped(model, merged):
         results = plain_decode(model, mel, tokenizer, options, audio_features)
     for r in results:
@@ -480,7 +480,9 @@ def decode_merged(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: De
     return results
 
 
-class _Merged(nn.Module):
+class MergedLinear(nn.Module):
+    """One adapter merged into the weight: (W0 + B A) x + b, with new tensors (W0 untouched)."""
+
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
         self.weight, self.bias = weight, bias

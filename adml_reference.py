@@ -8,10 +8,9 @@ Table VI times as "sequential". Letters as in adml.py.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adml import _audio_features, check_tau, run, swapped
+from adml import MergedLinear, _audio_features, check_tau, run, swapped
 from whisper_min.decoding import DecodingOptions, DecodingResult
 from whisper_min.model import Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -25,17 +24,6 @@ def one_adapter_modules(model: Whisper, deltas: dict, merged: bool) -> dict[str,
         A, B = A.to(base.weight), B.to(base.weight)
         out[name] = MergedLinear(base.weight + B @ A, base.bias) if merged else LoRALinear(base, A, B)
     return out
-
-
-class MergedLinear(nn.Module):
-    """One adapter merged into the weight: (W0 + B A) x + b."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None):
-        super().__init__()
-        self.weight, self.bias = weight, bias
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
 
 
 class LoRALinear(nn.Module):
