@@ -377,6 +377,8 @@ def main(args) -> int:
                                        "base_fingerprint": base_fingerprint, **metadata})
         log(f"train: wrote {out}" + ("" if last_step == total else f" after {last_step} of {total} steps "
                                      f"(--max-steps); --resume continues from {checkpoint_path(out)}"))
+        if last_step == total:  # finished: a checkpoint would only be a stale copy beside the output
+            checkpoint_path(out).unlink(missing_ok=True)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

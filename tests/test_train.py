@@ -163,6 +163,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, model_di
     assert run(model_dir, music, tmp_path / "split.st", *args, "--max-steps", "2") == 0
     assert (tmp_path / "split.ckpt.st").is_file()
     assert run(model_dir, music, tmp_path / "split.st", *args, "--resume") == 0
+    assert not (tmp_path / "split.ckpt.st").exists()  # a finished run leaves no stale checkpoint
     full, split = tensors(tmp_path / "full.st"), tensors(tmp_path / "split.st")
     assert full.keys() == split.keys()
     for k in full:
