@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from adml import STRATEGIES
+from adml import STRATEGIES, check_tau
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,9 +19,17 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", default="en", help="spoken language code (multilingual models)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--loras", default="", help="comma-separated adapter files (.st) decoded together with ADML")
-    p.add_argument("--tau", default="0.025", help="ADML confidence threshold τ of Eq. (3), >= 0")
+    p.add_argument("--tau", default=0.025, type=tau_argument, help="ADML confidence threshold τ of Eq. (3), >= 0")
     p.add_argument("--strategy", default="das", choices=STRATEGIES,
                    help="ADML token selection: Eq. (3) (das) or an ablation")
+
+
+def tau_argument(value: str) -> float:
+    """--tau is checked while parsing, so a bad value fails before any model loads."""
+    try:
+        return check_tau(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def format_timestamp(seconds: float, sep: str) -> str:
@@ -91,14 +99,10 @@ def load_decoder(args, model):
     import adml
     from whisper_min import decode
 
-    try:
-        tau = adml.check_tau(args.tau)
-    except ValueError as e:
-        raise ValueError(f"--tau: {e}") from None
     paths = [p.strip() for p in args.loras.split(",") if p.strip()]
     if not paths:
         return decode
-    return adml.make_decoder(model, paths, tau=tau, strategy=args.strategy)
+    return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy)
 
 
 def main(argv=None) -> int:

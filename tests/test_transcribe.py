@@ -60,7 +60,10 @@ def test_long_form_has_every_utterance(long_file, base_model, base_tokenizer):
 
 
 def run_cli(capsys, *argv):
-    code = das.main(["transcribe", *argv])
+    try:
+        code = das.main(["transcribe", *argv])
+    except SystemExit as e:  # argparse rejects bad arguments with exit status 2
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
