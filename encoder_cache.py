@@ -2,7 +2,7 @@
 
 While only the decoder trains, the encoder maps each utterance to the same features in every
 epoch, and it is most of the compute. Each utterance's features (n_audio_ctx, D) are stored
-in fp16 as `<root>/<model fingerprint>/<sha256 of the audio bytes>.st`: keyed by content, so a
+in fp16 as `<root>/<model fingerprint>-v<FEATURES_VERSION>/<sha256 of the audio bytes>.st`: keyed by content, so a
 renamed file hits and an edited one misses, and by model, so features never leak between
 base models. Writes go to a temporary name and are renamed, so parallel ranks or an
 interrupted run never leave a half file.
@@ -20,10 +20,17 @@ import lora
 from whisper_min.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
 
 
+# Bumped whenever load_mel changes, so features made the old way are never read back.
+FEATURES_VERSION = 2
+
+
 def load_mel(path: Path, n_mels: int) -> Tensor:
-    """An utterance as Whisper's 30 s log-mel window (n_mels, 3000), the way transcribe pads it."""
-    mel = log_mel_spectrogram(load_audio(str(path)), n_mels, padding=N_SAMPLES)
-    return pad_or_trim(mel, N_FRAMES)
+    """An utterance as Whisper's 30 s log-mel window (n_mels, 3000), exactly as
+    `whisper_min.transcribe` builds its first window: the mel of the speech frames only,
+    then zero-padded. (Padding the *audio* with silence instead gives different padding
+    frames, and an adapter trained on those would see other features at inference.)"""
+    mel = log_mel_spectrogram(load_audio(str(path)), n_mels, padding=N_SAMPLES)  # (M, n + 3000)
+    return pad_or_trim(mel[:, : mel.shape[-1] - N_FRAMES], N_FRAMES)  # (M, 3000)
 
 
 def default_root() -> Path:
@@ -33,7 +40,7 @@ def default_root() -> Path:
 class EncoderCache:
     def __init__(self, root: str | Path | None, model):
         self.model = model
-        self.dir = Path(root or default_root()) / lora.model_fingerprint(model)
+        self.dir = Path(root or default_root()) / f"{lora.model_fingerprint(model)}-v{FEATURES_VERSION}"
         self.keys: dict[Path, str] = {}
 
     def key(self, audio: Path) -> str:
@@ -67,3 +74,42 @@ class EncoderCache:
     def get(self, audios: list[Path]) -> Tensor:
         """Cached features of each file, stacked: (B, n_audio_ctx, D) fp16 on the CPU."""
         return torch.stack([load_file(self.path(a))["features"] for a in audios])
+
+
+class EncoderMemo:
+    """Evaluation's encoder cache: `model.embed_audio` remembered by the exact mel it was given.
+
+    Every system the study scores (the original model, each fine-tune of the decoder, each set of
+    adapters) runs the same frozen encoder on the same windows; this runs it once per window.
+    Unlike `EncoderCache` it is keyed by the mel's bytes, not the audio file, and keeps fp32, so
+    a decode through it is bit-identical to one without it, whatever the window or audio length.
+    Install with `model.embed_audio = EncoderMemo(model, root)`.
+    """
+
+    def __init__(self, model, root: str | Path):
+        self.embed = model.embed_audio  # the real encoder, bound before it is replaced
+        self.dir = Path(root) / f"{lora.model_fingerprint(model)}-exact"
+        self.hits = self.misses = 0
+
+    def path(self, mel: Tensor) -> Path:
+        k = hashlib.sha256(mel.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+        return self.dir / k[:2] / f"{k}.st"
+
+    def __call__(self, mel: Tensor) -> Tensor:
+        paths = [self.path(m) for m in mel]  # one file per window of the batch (B, M, 3000)
+        todo = [i for i, p in enumerate(paths) if not p.is_file()]
+        rows: dict[int, Tensor] = {}
+        if todo:
+            features = self.embed(mel[todo])  # (len(todo), n_audio_ctx, D)
+            for i, f in zip(todo, features):
+                rows[i] = f
+                paths[i].parent.mkdir(parents=True, exist_ok=True)
+                tmp = paths[i].with_name(f".{paths[i].name}.{os.getpid()}.tmp")
+                save_file({"features": f.detach().to("cpu", torch.float32).contiguous()}, tmp)
+                tmp.replace(paths[i])
+        self.misses += len(todo)
+        self.hits += len(paths) - len(todo)
+        for i, p in enumerate(paths):
+            if i not in rows:
+                rows[i] = load_file(p)["features"].to(mel.device)
+        return torch.stack([rows[i] for i in range(len(paths))]).to(mel.dtype)  # (B, n_audio_ctx, D)

@@ -10,6 +10,10 @@ draws equally from each domain (the paper's FT-Multi and LoRA-ft-Multi).
 Paper defaults: AdamW, lr 3e-6, 10 epochs, batch 16, linear warmup over the first 10% of
 steps (then linear decay to zero, as Hugging Face's default "linear" schedule does).
 
+With `--val`, the loss on a held-out manifest is measured after every epoch and OUT always
+holds the weights of the best epoch so far (early stopping by choice of epoch): the paper's
+learning rate is far too small for a few hundred utterances, and too large a one forgets.
+
 The encoder is frozen for every method but `ft-enc-dec`, so its output is computed once per
 utterance and cached on disk (see encoder_cache.py); training then never runs the encoder.
 
@@ -45,6 +49,7 @@ IGNORE = -100  # label for positions that carry no loss (prompt and padding)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action="append", required=True, help="manifest.jsonl; repeat for multi-domain")
+    parser.add_argument("--val", help="held-out manifest: loss after each epoch; OUT keeps the best epoch")
     parser.add_argument("--out", required=True, help="output .st file (adapter, or changed tensors for ft methods)")
     parser.add_argument("--model", default="base", help="'base', 'tiny.en' or a model directory")
     parser.add_argument("--method", choices=METHODS, default="lora", help="what to train (the paper's baselines)")
@@ -187,7 +192,7 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.stem + ".ckpt.st")
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer, step: int, run_id: str) -> None:
+def save_checkpoint(path: Path, model: nn.Module, optimizer, step: int, run_id: str, best: dict) -> None:
     """Trainable parameters, their AdamW state and PiSSA's starting point, by name, in safetensors."""
     tensors = {"rng/torch": torch.get_rng_state()}
     for name, p in model.named_parameters():
@@ -198,10 +203,12 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, step: int, run_id: 
     for name, b in model.named_buffers():
         if "pissa_" in name:
             tensors[f"buffer/{name}"] = b.cpu().contiguous()
-    lora.write_safetensors(tensors, path, {"format": "das-checkpoint", "step": str(step), "run_id": run_id})
+    lora.write_safetensors(tensors, path, {"format": "das-checkpoint", "step": str(step), "run_id": run_id,
+                                           "best": json.dumps(best)})
 
 
-def read_checkpoint(path: Path, run_id: str) -> tuple[int, dict]:
+def read_checkpoint(path: Path, run_id: str) -> tuple[int, dict, dict]:
+    """(step, tensors, best-validation record) of a checkpoint of this very run."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from (run without --resume to start over)")
     meta = lora.read_header(path).get("__metadata__", {})
@@ -209,7 +216,7 @@ def read_checkpoint(path: Path, run_id: str) -> tuple[int, dict]:
         raise ValueError(f"{path}: checkpoint of a different run (other data, model or settings); "
                          "resume with the same arguments, or delete it to start over")
     with safe_open(path, framework="pt") as f:
-        return int(meta["step"]), {k: f.get_tensor(k) for k in f.keys()}
+        return int(meta["step"]), {k: f.get_tensor(k) for k in f.keys()}, json.loads(meta.get("best", "{}"))
 
 
 @torch.no_grad()
@@ -244,6 +251,25 @@ def load_finetune(path: str | Path, model: nn.Module) -> None:
         raise lora.AdapterError(f"{path}: tensors this model does not have: {unexpected[:5]}")
 
 
+@torch.no_grad()
+def validation_loss(model: nn.Module, utts: list, cache, n_prompt: int, eot: int, batch: int = 16) -> float:
+    """Mean per-token cross-entropy on held-out utterances (teacher forcing, as in training)."""
+    was_training, device = model.training, model.device
+    model.eval()
+    total, tokens = 0.0, 0
+    for i in range(0, len(utts), batch):
+        chunk = utts[i : i + batch]
+        inputs, labels = collate(chunk, n_prompt, eot)
+        audio = cache.get([u.audio for u in chunk]).to(device, torch.float32) if cache else \
+            model.embed_audio(torch.stack([load_mel(u.audio, model.dims.n_mels) for u in chunk]).to(device))
+        logits = model.logits(inputs.to(device), audio)  # (b, T-1, V)
+        total += F.cross_entropy(logits.flatten(0, 1), labels.to(device).flatten(), ignore_index=IGNORE,
+                                 reduction="sum").item()
+        tokens += int((labels != IGNORE).sum())
+    model.train(was_training)
+    return total / tokens
+
+
 def fmt_time(s: float) -> str:
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -263,6 +289,8 @@ def main(args) -> int:
     manifests = [Path(d) for d in args.data]
     data = [read_manifest(m, tokenizer, model.dims.n_text_ctx, d) for d, m in enumerate(manifests)]
     data_sha = hashlib.sha256(b"".join(m.read_bytes() for m in manifests)).hexdigest()
+    val = read_manifest(Path(args.val), tokenizer, model.dims.n_text_ctx, 0) if args.val else []
+    val_sha = hashlib.sha256(Path(args.val).read_bytes()).hexdigest() if args.val else None
     domain = args.domain or "+".join(m.parent.name for m in manifests)
     n_prompt = len(tokenizer.sot_sequence) + 1
 
@@ -271,7 +299,7 @@ def main(args) -> int:
     batches = schedule([len(d) for d in data], args.batch_size, total, args.seed)
     run_id = hashlib.sha256(json.dumps([data_sha, base_fingerprint, args.method, args.lr, args.batch_size,
                                         args.epochs, args.warmup, args.weight_decay, args.lora_r, args.lora_alpha,
-                                        args.no_rslora, args.init, args.targets, args.seed]).encode()).hexdigest()[:16]
+                                        args.no_rslora, args.init, args.targets, args.seed, val_sha]).encode()).hexdigest()[:16]
 
     torch.manual_seed(args.seed)
     # On resume PiSSA's start comes from the checkpoint (`restore`), not from a second SVD that
@@ -284,9 +312,9 @@ def main(args) -> int:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    start = 0
+    start, best = 0, {}  # best: {"loss", "step"} of the best validated epoch so far
     if args.resume:
-        start, state = read_checkpoint(checkpoint_path(out), run_id)
+        start, state, best = read_checkpoint(checkpoint_path(out), run_id)
         restore(model, optimizer, state)
         log(f"resuming from {checkpoint_path(out)} at step {start}")
     counts = lora.count_parameters(model)
@@ -298,7 +326,7 @@ def main(args) -> int:
     cache = None
     if use_cache:
         cache = EncoderCache(args.cache_dir, model)
-        audios = sorted({u.audio for d in data for u in d}, key=str)
+        audios = sorted({u.audio for d in data + [val] for u in d}, key=str)
         model.eval()
         t = time.monotonic()
         encoded = cache.fill(audios[rank::world], log=log)
@@ -312,6 +340,30 @@ def main(args) -> int:
     if world > 1:
         ids = [device] if device.type == "cuda" else None
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
+
+    def save(at_step: int, extra: dict | None = None) -> None:
+        metadata = {"method": args.method, "steps": str(at_step), "total_steps": str(total), "lr": str(args.lr),
+                    "epochs": str(args.epochs), "batch_size": str(args.batch_size), "seed": str(args.seed),
+                    **(extra or {})}
+        if args.method == "lora":
+            lora.save_adapter(model, out, domain=domain, base_model=str(args.model), data_sha256=data_sha,
+                              extra=metadata)
+        else:
+            save_finetune(model, out, {"domain": domain, "base_model": str(args.model), "data_sha256": data_sha,
+                                       "base_fingerprint": base_fingerprint, **metadata})
+
+    def validate(at_step: int) -> None:
+        """Score the epoch just finished; OUT is rewritten only when it beats every earlier one."""
+        loss = validation_loss(model, val, cache, n_prompt, tokenizer.eot)
+        better = not best or loss < best["loss"]
+        log(f"validation after step {at_step} (epoch {at_step / steps_per_epoch:.2f}): loss {loss:.4f}"
+            + (" (best so far; saved)" if better else f" (best {best['loss']:.4f} at step {best['step']})"))
+        if better:
+            best.update(loss=loss, step=at_step)
+            save(at_step, {"val_loss": f"{loss:.6f}", "val_sha256": val_sha})
+
+    if val and start == 0 and rank == 0:
+        validate(0)  # the starting point is a candidate too: training may only make things worse
 
     stop = {"signal": 0}
 
@@ -356,8 +408,10 @@ def main(args) -> int:
                 log(f"step {step + 1}/{total} epoch {(step + 1) / steps_per_epoch:.2f}/{args.epochs:g} loss {loss:.4f} "
                     f"lr {lr:.2e} {rate:.1f} utt/s eta {fmt_time((total - step - 1) * args.batch_size / rate)}")
                 last_log = now
+            if val and rank == 0 and ((step + 1) % steps_per_epoch == 0 or step + 1 == total):
+                validate(step + 1)
             if rank == 0 and ((step + 1) % args.checkpoint_every == 0 or stats[1] > 0 or step + 1 == last_step < total):
-                save_checkpoint(checkpoint_path(out), model, optimizer, step + 1, run_id)
+                save_checkpoint(checkpoint_path(out), model, optimizer, step + 1, run_id, best)
             if stats[1] > 0:
                 log(f"train: interrupted after step {step + 1}; checkpoint {checkpoint_path(out)}; "
                     "rerun with --resume to continue")
@@ -367,16 +421,12 @@ def main(args) -> int:
             signal.signal(s, h)
 
     if rank == 0:
-        metadata = {"method": args.method, "steps": str(last_step), "total_steps": str(total), "lr": str(args.lr),
-                    "epochs": str(args.epochs), "batch_size": str(args.batch_size), "seed": str(args.seed)}
-        if args.method == "lora":
-            lora.save_adapter(model, out, domain=domain, base_model=str(args.model), data_sha256=data_sha,
-                              extra=metadata)
-        else:
-            save_finetune(model, out, {"domain": domain, "base_model": str(args.model), "data_sha256": data_sha,
-                                       "base_fingerprint": base_fingerprint, **metadata})
-        log(f"train: wrote {out}" + ("" if last_step == total else f" after {last_step} of {total} steps "
-                                     f"(--max-steps); --resume continues from {checkpoint_path(out)}"))
+        if not val:
+            save(last_step)
+        log(f"train: wrote {out}" + (f" (best epoch: step {best['step']}, validation loss {best['loss']:.4f})"
+                                     if val else "")
+            + ("" if last_step == total else f" after {last_step} of {total} steps "
+               f"(--max-steps); --resume continues from {checkpoint_path(out)}"))
         if last_step == total:  # finished: a checkpoint would only be a stale copy beside the output
             checkpoint_path(out).unlink(missing_ok=True)
     if world > 1:

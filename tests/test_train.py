@@ -256,3 +256,23 @@ def test_two_processes_train_the_same_adapter_as_one(tmp_path, model_dir, music)
     # (trained B, B0) side by side in the rank-2r delta
     moved = max((v[:, :4] - v[:, 4:]).abs().max().item() for k, v in a.items() if k.endswith(".B"))
     assert moved > 1e-2
+
+
+def test_val_keeps_the_best_epoch(tmp_path, model_dir, music, capsys):
+    sports = make_manifest(tmp_path / "sports", SPORTS, seed=1)
+    assert run(model_dir, music, tmp_path / "music.st", "--epochs", "4", "--val", str(sports)) == 0
+    logged = [line for line in capsys.readouterr().err.splitlines() if line.startswith("validation after step")]
+    losses = {int(line.split()[3]): float(line.split("loss ")[1].split()[0]) for line in logged}
+    assert sorted(losses) == [0, 2, 4, 6, 8]  # the start, then every epoch of 6 utterances / batch 4
+    best_step = min(losses, key=losses.get)
+    from whisper_min import get_tokenizer, load_model
+    model = load_model(model_dir)
+    adapter = lora.load_adapter(tmp_path / "music.st", model)
+    assert int(adapter.metadata["steps"]) == best_step
+    assert float(adapter.metadata["val_loss"]) == pytest.approx(losses[best_step], abs=1e-4)
+    # The file really holds that epoch's weights: its validation loss is the logged best.
+    lora.apply_adapter(model, adapter)
+    tok = get_tokenizer(model_dir)
+    utts = train.read_manifest(sports, tok, DIMS.n_text_ctx, 0)
+    n_prompt = len(tok.sot_sequence) + 1
+    assert train.validation_loss(model, utts, None, n_prompt, tok.eot) == pytest.approx(losses[best_step], abs=1e-3)
