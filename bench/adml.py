@@ -14,6 +14,7 @@ the number of decoding steps) stay the base's; the token counts are printed to c
 """
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -79,6 +80,7 @@ def main() -> None:
                         "leaves out the time other processes hold the cores (use with --threads 1)")
     p.add_argument("--no-sequential", action="store_true", help="skip the sequential reference (it is slow)")
     p.add_argument("--quick", action="store_true", help="2 clips, 1 round, k = 1, 3, 25")
+    p.add_argument("--json", default=None, help="also write the table here (bench/report.py reads it)")
     args = p.parse_args()
     if args.quick:
         args.clips, args.rounds, args.ks = 2, 1, "1,3,25"
@@ -107,8 +109,9 @@ def main() -> None:
             configs[f"{k}-S"] = (lambda d: lambda m, mel, tok, opt: adml_reference.decode_sequential(
                 m, mel, tok, opt, adapters=d))(deltas)
 
-    print(f"# {args.model} on {device} ({torch.get_num_threads()} threads), {len(audios)} LibriVox clips, "
-          f"{seconds:.1f} s of audio, rank {args.rank}, {args.rounds} round(s), {args.clock} clock", flush=True)
+    setup = (f"{args.model} on {device} ({torch.get_num_threads()} threads), {len(audios)} LibriVox clips, "
+             f"{seconds:.1f} s of audio, rank {args.rank}, {args.rounds} round(s), {args.clock} clock")
+    print(f"# {setup}", flush=True)
     run_config(model, tokenizer, audios[:1], decode, device, clock)  # warm-up
     best, tokens = {}, {}
     for r in range(args.rounds):
@@ -121,16 +124,22 @@ def main() -> None:
     base = best["original"] / seconds
     print(f"{'':>10} {'RTF':>8} {'%dP':>8} {'%dS':>8} {'speed-up':>9} {'tokens':>7}")
     print(f"{'original':>10} {base:8.4f} {'-':>8} {'-':>8} {'-':>9} {tokens['original']:>7}")
+    rows = []
     for k in ks:
         rtf = best[f"{k}-P"] / seconds
         dp = rtf / base - 1
-        if f"{k}-S" in best:
-            ds = best[f"{k}-S"] / seconds / base - 1
+        ds = best[f"{k}-S"] / seconds / base - 1 if f"{k}-S" in best else None
+        if ds is not None:
             speed = f"{ds / dp:8.1f}x" if dp > 0 else "     inf"
             ds_s = f"{100 * ds:+7.1f}%"
         else:
             speed, ds_s = "-", "-"
         print(f"{f'{k}-domain':>10} {rtf:8.4f} {100 * dp:+7.1f}% {ds_s:>8} {speed:>9} {tokens[f'{k}-P']:>7}")
+        rows.append({"k": k, "rtf": rtf, "dP": dp, "dS": ds, "speedup": ds / dp if ds is not None and dp > 0 else None,
+                     "rtf_sequential": best[f"{k}-S"] / seconds if ds is not None else None})
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"setup": setup, "original": base, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,224 @@
+"""Tables and plots from a bench/reproduce.py run folder: report.md and plots/*.png.
+
+    python bench/report.py runs/paper
+
+Cells are corpus WER in percent with, in brackets, the relative change against the original
+model: (WER - WER_original) / WER_original, so a negative change is an improvement. A missing
+cell (a model not trained or not scored yet) prints as "-". Plots need matplotlib
+(`pip install -e '.[plots]'`); without it report.md is still written and says so.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+DOMAINS = ("music", "weather", "sports")
+OOD = ("librivox", "cards", "asterisk")
+TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 1.0)
+
+
+def load_results(run: Path) -> dict[tuple[str, str], dict]:
+    """(system, test set) -> that evaluation's counts."""
+    out = {}
+    for path in sorted((run / "eval").glob("*/*.json")):
+        r = json.loads(path.read_text())
+        out[(r["system"], r["test_set"])] = r
+    return out
+
+
+def pooled(results: dict, system: str, sets) -> float | None:
+    """Corpus WER over several test sets together (edits summed, then divided)."""
+    rows = [results.get((system, s)) for s in sets]
+    if not all(rows):
+        return None
+    errors = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in rows)
+    return 100 * errors / sum(r["ref_words"] for r in rows)
+
+
+def mean(results: dict, system: str, sets) -> float | None:
+    """Unweighted mean of per-set WERs (the paper's three domains weigh the same)."""
+    rows = [results.get((system, s)) for s in sets]
+    return sum(r["wer"] for r in rows) / len(rows) if all(rows) else None
+
+
+def cell(value: float | None, reference: float | None) -> str:
+    if value is None:
+        return "-"
+    if reference is None or reference == 0:
+        return f"{value:.2f}"
+    return f"{value:.2f} ({100 * (value - reference) / reference:+.1f}%)"
+
+
+def wer(results, system, s):
+    r = results.get((system, s))
+    return r["wer"] if r else None
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def domain_table(results, systems: list[tuple[str, str]]) -> str:
+    """Rows of systems, columns the three in-domain sets and their mean."""
+    rows = []
+    for label, system in systems:
+        rows.append([label] + [cell(wer(results, system, d), wer(results, "original", d)) for d in DOMAINS]
+                    + [cell(mean(results, system, DOMAINS), mean(results, "original", DOMAINS))])
+    return table(["model", *DOMAINS, "mean"], rows)
+
+
+def table4(results) -> str:
+    systems = [("Original", "original")]
+    systems += [(f"FT ({d})", f"ft-{d}") for d in DOMAINS] + [(f"LoRA-ft ({d})", f"lora-{d}") for d in DOMAINS]
+    systems += [("FT-Multi", "ft-multi"), ("LoRA-ft-Multi", "lora-multi"), ("DAS (τ = 0.025)", "DAS")]
+    return domain_table(results, systems)
+
+
+def table2(results) -> str:
+    return domain_table(results, [("original", "original"), ("ft enc-dec", f"ft-enc-dec-{DOMAINS[0]}"),
+                                  ("ft dec (last 3 layers)", f"ft-last3-{DOMAINS[0]}"),
+                                  ("ft full dec (6 layers)", f"ft-{DOMAINS[0]}"),
+                                  ("LoRA-ft (q, v)", f"lora-{DOMAINS[0]}")])
+
+
+def table5(results) -> str:
+    rows = []
+    for label, system in (("Original", "original"), ("LoRA-ft-Multi", "lora-multi"), ("FT-Multi", "ft-multi"),
+                          ("DAS (τ = 0.025)", "DAS")):
+        rows.append([label] + [cell(wer(results, system, s), wer(results, "original", s)) for s in OOD]
+                    + [cell(pooled(results, system, OOD), pooled(results, "original", OOD))])
+    return table(["model", *OOD, "all real speech (pooled)"], rows)
+
+
+def tau_name(t: float) -> str:
+    return "DAS" if t == 0.025 else f"DAS tau={t:g}"
+
+
+def tau_table(results) -> str:
+    rows = []
+    for t in TAUS:
+        s = tau_name(t)
+        rows.append([f"{t:g}"] + [cell(wer(results, s, d), wer(results, "original", d)) for d in DOMAINS]
+                    + [cell(mean(results, s, DOMAINS), mean(results, "original", DOMAINS)),
+                       cell(pooled(results, s, OOD), pooled(results, "original", OOD))])
+    return table(["τ", *DOMAINS, "in-domain mean", "real speech (pooled)"], rows)
+
+
+def table6(run: Path) -> str:
+    path = run / "eval" / "table6.json"
+    if not path.is_file():
+        return "(not measured yet: stage table6)"
+    t6 = json.loads(path.read_text())
+    rows = [["original", f"{t6['original']:.4f}", "-", "-", "-"]]
+    for r in t6["rows"]:
+        rows.append([f"{r['k']}-domain", f"{r['rtf']:.4f}", f"{100 * r['dP']:+.1f}%",
+                     "-" if r.get("dS") is None else f"{100 * r['dS']:+.1f}%",
+                     "-" if r.get("speedup") is None else f"{r['speedup']:.1f}x"])
+    return f"{t6['setup']}\n\n" + table(["adapters", "RTF", "%ΔP", "%ΔS", "speed-up"], rows)
+
+
+def data_section(run: Path) -> str:
+    sizes_path = run / "data" / "sizes.json"
+    if not sizes_path.is_file():
+        return "(no data split yet)"
+    sizes = json.loads(sizes_path.read_text())
+    rows = [[d, str(s["fit"]), str(s["val"]), f"{s['fit_seconds'] / 60:.1f}", str(s["test"]),
+             str(s["test_dropped_overlap"]), f"{s['test_seconds'] / 60:.1f}"] for d, s in sizes.items()]
+    voices = sorted({v for s in sizes.values() for v in s["voices"]})
+    test_voices = sorted({v for s in sizes.values() for v in s["test_voices"]})
+    return (table(["domain", "train utts", "val utts", "train min", "test utts", "test dropped (text in train)",
+                   "test min"], rows)
+            + f"\n\nTraining voices: {', '.join(voices)}. Test voices: {', '.join(test_voices)}.")
+
+
+def models_section(run: Path) -> str:
+    rows = []
+    for path in sorted((run / "models").glob("*.done.json")):
+        d = json.loads(path.read_text())
+        rows.append([d["name"], d["method"], "+".join(d["data"]), f"{d['lr']:g}", f"{d['val_loss']:.4f}",
+                     f"{d['best_step']}/{d['total_steps']}", f"{d['seconds'] / 60:.1f}"])
+    return table(["run", "method", "data", "lr", "best val loss", "best step / steps", "minutes"], rows)
+
+
+def plots(run: Path, results) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "Plots skipped: matplotlib is not installed (pip install -e '.[plots]')."
+    out = run / "plots"
+    out.mkdir(exist_ok=True)
+    # 1. WER per method and domain.
+    systems = [("Original", "original"), ("FT", "ft-{d}"), ("LoRA-ft", "lora-{d}"), ("FT-Multi", "ft-multi"),
+               ("LoRA-ft-Multi", "lora-multi"), ("DAS", "DAS")]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(systems)
+    for i, (label, pattern) in enumerate(systems):
+        values = [wer(results, pattern.format(d=d), d) or 0 for d in DOMAINS]
+        ax.bar([x + i * width for x in range(len(DOMAINS))], values, width, label=label)
+    ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(DOMAINS))], DOMAINS)
+    ax.set_ylabel("WER %")
+    ax.set_title("In-domain WER (FT and LoRA-ft: the adapter of that domain)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "wer_by_method.png", dpi=120)
+    plt.close(fig)
+    # 2. τ sweep.
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = list(range(len(TAUS)))
+    ax.plot(xs, [mean(results, tau_name(t), DOMAINS) for t in TAUS], "o-", label="in-domain mean")
+    ax.plot(xs, [pooled(results, tau_name(t), OOD) for t in TAUS], "s-", label="real speech (pooled)")
+    ax.set_xticks(xs, [f"{t:g}" for t in TAUS])
+    ax.set_xlabel("τ")
+    ax.set_ylabel("WER %")
+    ax.set_title("DAS: the confidence threshold τ")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "tau_sweep.png", dpi=120)
+    plt.close(fig)
+    # 3. RTF against the number of adapters.
+    t6_path = run / "eval" / "table6.json"
+    if t6_path.is_file():
+        t6 = json.loads(t6_path.read_text())
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ks = [0] + [r["k"] for r in t6["rows"]]
+        ax.plot(ks, [t6["original"]] + [r["rtf"] for r in t6["rows"]], "o-", label="ADML, batched B(AX)")
+        seq = [(r["k"], r["rtf_sequential"]) for r in t6["rows"] if r.get("rtf_sequential")]
+        if seq:
+            ax.plot([0] + [k for k, _ in seq], [t6["original"]] + [v for _, v in seq], "s--", label="sequential")
+        ax.set_xlabel("adapters")
+        ax.set_ylabel("RTF")
+        ax.set_title("Decoding cost against the number of adapters")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "rtf_vs_adapters.png", dpi=120)
+        plt.close(fig)
+    return f"Plots: {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}."
+
+
+def write(run: Path) -> Path:
+    results = load_results(run)
+    commands = (run / "commands.txt").read_text() if (run / "commands.txt").is_file() else ""
+    parts = [
+        f"# Study results ({run})",
+        "Cells: WER % (relative change against the original model; negative is better).",
+        "## Data\n\n" + data_section(run),
+        "## Training runs\n\n" + models_section(run),
+        "## Table IV: in-domain test sets\n\n" + table4(results),
+        f"## Table II: which part to fine-tune ({DOMAINS[0]} data)\n\n" + table2(results),
+        "## Table V: real speech, out of domain\n\n" + table5(results),
+        "## τ sweep (DAS)\n\n" + tau_table(results),
+        "## Table VI: real-time factor\n\n" + table6(run),
+        plots(run, results),
+        "## Commands run\n\n```\n" + commands + "```",
+    ]
+    path = run / "report.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/paper"))
