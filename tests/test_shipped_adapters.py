@@ -1,0 +1,53 @@
+"""The adapters in adapters/ (trained by bench/reproduce.py on Whisper base): they load, they
+were made for the base model that ships, and on the example clips DAS moves the transcripts
+toward the references."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import adml
+import lora
+import whisper_min
+from evaluate import word_errors
+from normalize import normalize
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTERS = [ROOT / "adapters" / f"{d}.st" for d in ("music", "weather", "sports")]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def base():
+    return whisper_min.load_model("base")
+
+
+def references() -> dict[Path, str]:
+    rows = (EXAMPLES / "transcripts.tsv").read_text().splitlines()
+    return {EXAMPLES / name: text for name, text in (r.split("\t") for r in rows if r.strip())}
+
+
+def test_adapters_load_for_the_shipped_base(base):
+    fingerprint = lora.model_fingerprint(base)
+    for path in ADAPTERS:
+        adapter = lora.load_adapter(path, base)  # raises for another base model or a damaged file
+        assert adapter.metadata["base_fingerprint"] == fingerprint
+        assert adapter.name == path.stem and len(adapter.deltas) == 24  # q, v of self and cross attention x 6
+        assert path.stat().st_size < 8_000_000
+
+
+@pytest.mark.slow
+def test_das_moves_examples_toward_their_references(base):
+    tokenizer = whisper_min.get_tokenizer("base", language="en")
+    options = whisper_min.DecodingOptions(language="en", without_timestamps=True)
+    das_decode = adml.make_decoder(base, [str(p) for p in ADAPTERS])
+    errors = {}
+    for clip, ref in references().items():
+        audio = whisper_min.load_audio(str(clip))
+        with torch.inference_mode():
+            plain = whisper_min.transcribe(base, audio, tokenizer, options)["text"]
+            das = whisper_min.transcribe(base, audio, tokenizer, options, decode_fn=das_decode)["text"]
+        errors[clip.name] = [word_errors(normalize(ref).split(), normalize(h).split()).errors for h in (plain, das)]
+    assert len(errors) >= 3
+    assert any(d < p for p, d in errors.values()), errors  # at least one clip is fixed
+    assert sum(d for _, d in errors.values()) < sum(p for p, _ in errors.values()), errors  # and fewer errors in all
