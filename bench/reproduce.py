@@ -27,6 +27,7 @@ at most the item or model in progress (generation and training resume inside tha
 """
 
 import argparse
+import fnmatch
 import gzip
 import hashlib
 import json
@@ -87,11 +88,8 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def stage_generate(args, run: Path) -> None:
-    url = args.llm_url
-    if url is None:
-        port = os.environ.get("PORT", "8012")
-        run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / "llm_server.log", {**os.environ, "PORT": port})
-        url = f"http://127.0.0.1:{port}/v1"
+    port = os.environ.get("PORT", "8012")
+    url = args.llm_url or f"http://127.0.0.1:{port}/v1"
     jobs = []
     for d in DOMAINS:
         for split, count, voices, seed, workers in (("train", args.train_per_domain, TRAIN_VOICES, 0, 2),
@@ -103,6 +101,8 @@ def stage_generate(args, run: Path) -> None:
                    "--llm-url", url, "--tts", voices, "--workers", str(workers), "--seed", str(seed),
                    "--progress-every", "60"]
             jobs.append((cmd, run / "logs" / f"generate_{split}_{d}.log"))
+    if jobs and args.llm_url is None:
+        run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / "llm_server.log", {**os.environ, "PORT": port})
     # All six runs at once keep the LLM server busy while the others speak their texts.
     procs = []
     for cmd, logfile in jobs:
@@ -158,6 +158,11 @@ def stage_split(args, run: Path) -> dict:
 def stage_ood(args, run: Path) -> None:
     """Real speech, none of it about music, weather or sports."""
     out = run / "data" / "ood"
+    missing = [f"{p} (apt install {pkg})" for p, pkg in (
+        (POCKETSPHINX, "pocketsphinx-testdata"), (ASTERISK_SOUNDS, "asterisk-core-sounds-en-wav"),
+        (ASTERISK_TEXTS, "asterisk-core-sounds-en")) if not p.exists()]
+    if missing:
+        raise SystemExit(f"the real-speech test sets need: {'; '.join(missing)}")
     for sub, listing in (("librivox", "transcription"), ("cards", "cards.transcription")):
         rows = []
         for line in (POCKETSPHINX / sub / listing).read_text().splitlines():
@@ -304,7 +309,8 @@ def stage_eval(args, run: Path) -> None:
     # What the claims rest on is scored first (Tables IV and V, the τ sweep), so a run cut short
     # still answers them; single-domain models on real speech come last.
     todo = [(system, s) for system in systems(run) for s in sets
-            if not (run / "eval" / system[0] / f"{s}.json").is_file()]
+            if not (run / "eval" / system[0] / f"{s}.json").is_file()
+            and any(fnmatch.fnmatch(system[0], pattern) for pattern in args.systems.split(","))]
     todo.sort(key=lambda pair: pair[1] in OOD_SETS and pair[0][0].split("-")[-1] in DOMAINS)
     built: dict[str, tuple] = {}
 
@@ -322,6 +328,8 @@ def stage_eval(args, run: Path) -> None:
         return model, decode_fn
 
     for (name, kind, files, tau), s in todo:
+        if (run / "eval" / name / f"{s}.json").is_file():
+            continue  # another process scored it meanwhile
         if name not in built:
             built.clear()  # one system's models in memory at a time
             built[name] = build(name, kind, files, tau)
@@ -351,6 +359,8 @@ def stage_table6(args, run: Path) -> None:
     cmd = [sys.executable, "bench/adml.py", "--model", args.model, "--device", args.device, "--json", str(out)]
     if args.device == "cpu":
         cmd += ["--threads", "1", "--clock", "cpu"]  # a busy 2-core machine: CPU time, not wall time
+    if args.table6_quick:
+        cmd.append("--quick")
     run_logged(cmd, run / "logs" / "table6.log")
 
 
@@ -371,6 +381,8 @@ def main() -> int:
     p.add_argument("--lora-lrs", default="1e-4,3e-4", help="LoRA learning-rate grid, tried on the first domain")
     p.add_argument("--ft-lrs", default="1e-5,3e-5", help="full fine-tuning learning-rate grid, first domain")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
+    p.add_argument("--systems", default="*", help="eval: only systems matching these comma-separated globs")
+    p.add_argument("--table6-quick", action="store_true", help="Table VI with bench/adml.py --quick (k = 1, 3, 25)")
     p.add_argument("--llm-url", default=None, help="OpenAI-compatible LLM (default: start bench/llm_server.sh)")
     args = p.parse_args()
     args.lora_lrs = [float(x) for x in args.lora_lrs.split(",")]
