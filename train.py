@@ -316,6 +316,10 @@ def main(args) -> int:
     if args.resume:
         start, state, best = read_checkpoint(checkpoint_path(out), run_id)
         restore(model, optimizer, state)
+        saved = lora.read_header(out).get("__metadata__", {}) if out.is_file() else {}
+        if args.val and saved.get("val_sha256") == val_sha and float(saved["val_loss"]) < best.get("loss", math.inf):
+            # OUT was validated after the last checkpoint: it, not the checkpoint's record, is the best.
+            best = {"loss": float(saved["val_loss"]), "step": int(saved["steps"])}
         log(f"resuming from {checkpoint_path(out)} at step {start}")
     counts = lora.count_parameters(model)
     n_train = sum(p.numel() for p in params)
