@@ -134,6 +134,29 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def transcriber(model, tokenizer, options, decode_fn, load_audio=None):
+    """`transcribe_fn(path) -> (text, audio seconds, seconds)` for `evaluate_set`: the whole
+    `whisper_min.transcribe` path, timed without the audio loading. `load_audio` (default
+    `whisper_min.load_audio`) lets a caller that scores many systems keep the audio in memory."""
+    import torch
+
+    import whisper_min
+    from whisper_min.audio import SAMPLE_RATE, AudioError
+
+    load_audio = load_audio or whisper_min.load_audio
+
+    def transcribe_fn(path: str):
+        audio = load_audio(path)
+        if len(audio) < SAMPLE_RATE // 10:
+            raise AudioError(f"{path}: only {len(audio) / SAMPLE_RATE:.3f} s of audio; need at least 0.1 s")
+        start = time.perf_counter()
+        with torch.inference_mode():
+            text = whisper_min.transcribe(model, audio, tokenizer, options, decode_fn=decode_fn)["text"]
+        return text, len(audio) / SAMPLE_RATE, time.perf_counter() - start
+
+    return transcribe_fn
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     import das  # only for the shared model flags; das imports this module lazily, so no cycle
 
@@ -145,12 +168,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    import torch
-
     import das
     import whisper_min
     from whisper_min import DecodingOptions
-    from whisper_min.audio import SAMPLE_RATE, AudioError
 
     names = args.name or [p.parent.name or p.stem for p in args.data]
     if len(names) != len(args.data):
@@ -172,16 +192,7 @@ def main(args) -> int:
         return 2
     # Test utterances are short requests, decoded as the adapters were trained: no timestamps.
     options = DecodingOptions(language=args.language, without_timestamps=True)
-
-    def transcribe_fn(path: str):
-        audio = whisper_min.load_audio(path)
-        if len(audio) < SAMPLE_RATE // 10:
-            raise AudioError(f"{path}: only {len(audio) / SAMPLE_RATE:.3f} s of audio; need at least 0.1 s")
-        start = time.perf_counter()
-        with torch.inference_mode():
-            text = whisper_min.transcribe(model, audio, tokenizer, options, decode_fn=decode_fn)["text"]
-        return text, len(audio) / SAMPLE_RATE, time.perf_counter() - start
-
+    transcribe_fn = transcriber(model, tokenizer, options, decode_fn)
     results = []
     for path, name in zip(args.data, names):
         rows = read_manifest(path)[:args.limit]

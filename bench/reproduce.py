@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import lora  # noqa: E402
 from datagen.clean import normalise  # noqa: E402
 
 DOMAINS = ("music", "weather", "sports")
@@ -59,16 +60,21 @@ def log(msg: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> None:
-    """Run a step as a subprocess, its output appended to `logfile`; the command is kept in
-    commands.txt, which the report quotes. A failure stops the study (rerun to resume)."""
+def start_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a step as a subprocess, its output appended to `logfile` (in run/logs/); the
+    command is kept in run/commands.txt, which the report quotes."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
     line = " ".join(shlex.quote(c) for c in cmd)
     with open(logfile.parent.parent / "commands.txt", "a") as f:
         f.write(line + "\n")
     log(f"$ {line}  (log: {logfile})")
-    with open(logfile, "a") as out:
-        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    with open(logfile, "a") as out:  # the child keeps its own copy of the handle
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+
+def run_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> None:
+    """`start_logged` and wait. A failure stops the study (rerun to resume)."""
+    code = start_logged(cmd, logfile, env).wait()
     if code != 0:
         raise SystemExit(f"step failed with exit code {code}; see {logfile}. Rerun the same command to resume.")
 
@@ -104,13 +110,7 @@ def stage_generate(args, run: Path) -> None:
     if jobs and args.llm_url is None:
         run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / "llm_server.log", {**os.environ, "PORT": port})
     # All six runs at once keep the LLM server busy while the others speak their texts.
-    procs = []
-    for cmd, logfile in jobs:
-        with open(run / "commands.txt", "a") as f:
-            f.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
-        log(f"$ {' '.join(cmd)}  (log: {logfile})")
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        procs.append((subprocess.Popen(cmd, stdout=open(logfile, "a"), stderr=subprocess.STDOUT, cwd=ROOT), logfile))
+    procs = [(start_logged(cmd, logfile), logfile) for cmd, logfile in jobs]
     failed = [str(lf) for p, lf in procs if p.wait() != 0]
     if failed:
         raise SystemExit(f"generation failed; see {', '.join(failed)}. Rerun to resume.")
@@ -252,9 +252,7 @@ def stage_train(args, run: Path) -> None:
             cmd.append("--resume")
         t = time.time()
         run_logged(cmd, run / "logs" / f"train_{name}.log")
-        from safetensors import safe_open
-        with safe_open(out, framework="pt") as f:
-            meta = f.metadata()
+        meta = lora.read_header(out)["__metadata__"]
         done.write_text(json.dumps({"name": name, "method": spec["method"], "data": spec["data"], "lr": lr,
                                     "val_loss": float(meta["val_loss"]), "best_step": int(meta["steps"]),
                                     "total_steps": int(meta["total_steps"]),
@@ -294,7 +292,7 @@ def stage_eval(args, run: Path) -> None:
     import train
     import whisper_min
     from encoder_cache import EncoderMemo
-    from evaluate import evaluate_set, read_manifest
+    from evaluate import evaluate_set, read_manifest, transcriber
     from whisper_min import DecodingOptions
 
     if args.threads:
@@ -306,6 +304,12 @@ def stage_eval(args, run: Path) -> None:
     base.embed_audio = EncoderMemo(base, memo_root)
     sets = {n: read_manifest(p) for n, p in test_sets(run).items() if p.is_file()}
     audio_cache: dict[str, object] = {}
+
+    def load_audio(path: str):  # every system hears the same files: read each once
+        if path not in audio_cache:
+            audio_cache[path] = whisper_min.load_audio(path)
+        return audio_cache[path]
+
     # What the claims rest on is scored first (Tables IV and V, the τ sweep), so a run cut short
     # still answers them; single-domain models on real speech come last.
     todo = [(system, s) for system in systems(run) for s in sets
@@ -335,15 +339,7 @@ def stage_eval(args, run: Path) -> None:
             built[name] = build(name, kind, files, tau)
         model, decode_fn = built[name]
 
-        def transcribe_fn(path, model=model, decode_fn=decode_fn):
-            if path not in audio_cache:
-                audio_cache[path] = whisper_min.load_audio(path)
-            audio = audio_cache[path]
-            t = time.perf_counter()
-            with torch.inference_mode():
-                text = whisper_min.transcribe(model, audio, tokenizer, options, decode_fn=decode_fn)["text"]
-            return text, len(audio) / whisper_min.audio.SAMPLE_RATE, time.perf_counter() - t
-
+        transcribe_fn = transcriber(model, tokenizer, options, decode_fn, load_audio)
         t = time.time()
         result = evaluate_set(sets[s], transcribe_fn, f"{name} on {s}")
         result.update(system=name, test_set=s, seconds=round(time.time() - t, 1))
