@@ -36,7 +36,7 @@ from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, 
 from whisper_min.model import KVCache, MultiHeadAttention, Whisper
 from whisper_min.tokenizer import Tokenizer
 
-STRATEGIES = ("das", "base", "most-confident", "majority")
+STRATEGIES = ("das", "max-only", "base", "most-confident", "majority")
 AUDIO_SIDE = ("cross_attn.key", "cross_attn.value")  # these read the encoder output, not tokens
 
 
@@ -60,6 +60,10 @@ def select(conf: Tensor, candidates: Tensor, tau: float = 0.025, strategy: str =
     Ties go to the lowest stream index, so the base wins a tie. As c_i is in (0, 1], a tau
     above 1 never fires and always gives the base; tau = 0 always takes the most confident.
 
+    `max-only` is Eq. (3) without its min-condition: the most confident stream when it beats
+    the base by tau, else the base. It is the other reading of the min-only case (the base
+    keeps its word), kept so that a study can choose between the two on validation data.
+
     Ablations the paper compared: `base` (always stream 0), `most-confident` (argmax c_i),
     `majority` (the token most streams propose; a tie goes to the base's token if it is
     among the tied, else to the tied token proposed with the highest confidence).
@@ -69,13 +73,14 @@ def select(conf: Tensor, candidates: Tensor, tau: float = 0.025, strategy: str =
     most = conf.argmax(dim=0)  # first index among equals: the base wins ties
     if strategy == "most-confident":
         return most
-    if strategy == "das":
-        least = conf.argmin(dim=0)
+    if strategy in ("das", "max-only"):
         c0 = conf[0]
         up = conf.max(dim=0).values - c0 >= tau
-        down = conf.min(dim=0).values - c0 <= -tau
         zero = torch.zeros_like(most)
-        return torch.where(up, most, torch.where(down, least, zero))
+        if strategy == "max-only":
+            return torch.where(up, most, zero)
+        down = conf.min(dim=0).values - c0 <= -tau
+        return torch.where(up, most, torch.where(down, conf.argmin(dim=0), zero))
     if strategy == "majority":
         votes = (candidates[None] == candidates[:, None]).sum(dim=1)  # (S, U): streams agreeing with s
         tied = votes == votes.max(dim=0).values

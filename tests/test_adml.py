@@ -249,6 +249,17 @@ def test_das_rule_every_branch(confs, want_stream, case):
     assert adml.select(conf, cand, tau=0.025, strategy="das").item() == want_stream, case
 
 
+@pytest.mark.parametrize("confs, want_stream", [
+    ([0.50, 0.60, 0.40], 1),  # both conditions: the maximum
+    ([0.50, 0.60, 0.49], 1),  # max only
+    ([0.50, 0.51, 0.40], 0),  # min only: the base keeps its word (where `das` takes stream 2)
+    ([0.50, 0.51, 0.49], 0),  # neither
+])
+def test_max_only_rule(confs, want_stream):
+    conf, cand = hand_made(confs, [1, 2, 3])
+    assert adml.select(conf, cand, tau=0.025, strategy="max-only").item() == want_stream
+
+
 def test_das_rule_at_the_threshold_and_beyond():
     # confidences given directly, so that the differences are exact in binary
     cand = torch.tensor([[1], [2], [3]])
