@@ -68,10 +68,18 @@ def domain_table(results, systems: list[tuple[str, str]]) -> str:
     return table(["model", *DOMAINS, "mean"], rows)
 
 
+def das_label(results) -> str:
+    """"DAS (τ = 0.025)", with the reading of Eq. (3) when the tune stage chose `max-only`."""
+    config = next((r.get("config") for (system, _), r in results.items() if system == "DAS" and r.get("config")),
+                  {"tau": 0.025, "strategy": "das"})
+    reading = "" if config["strategy"] == "das" else f", {config['strategy']}"
+    return f"DAS (τ = {config['tau']:g}{reading})"
+
+
 def table4(results) -> str:
     systems = [("Original", "original")]
     systems += [(f"FT ({d})", f"ft-{d}") for d in DOMAINS] + [(f"LoRA-ft ({d})", f"lora-{d}") for d in DOMAINS]
-    systems += [("FT-Multi", "ft-multi"), ("LoRA-ft-Multi", "lora-multi"), ("DAS (τ = 0.025)", "DAS")]
+    systems += [("FT-Multi", "ft-multi"), ("LoRA-ft-Multi", "lora-multi"), (das_label(results), "DAS")]
     return domain_table(results, systems)
 
 
@@ -85,24 +93,47 @@ def table2(results) -> str:
 def table5(results) -> str:
     rows = []
     for label, system in (("Original", "original"), ("LoRA-ft-Multi", "lora-multi"), ("FT-Multi", "ft-multi"),
-                          ("DAS (τ = 0.025)", "DAS")):
+                          (das_label(results), "DAS")):
         rows.append([label] + [cell(wer(results, system, s), wer(results, "original", s)) for s in OOD]
                     + [cell(pooled(results, system, OOD), pooled(results, "original", OOD))])
     return table(["model", *OOD, "all real speech (pooled)"], rows)
 
 
-def tau_name(t: float) -> str:
-    return "DAS" if t == 0.025 else f"DAS tau={t:g}"
+def tau_name(results, t: float) -> str:
+    """The system scored at τ = t: "DAS" itself at its own τ, else "DAS tau=t"."""
+    das = next((r.get("config") for (system, _), r in results.items() if system == "DAS" and r.get("config")), None)
+    return "DAS" if t == (das["tau"] if das else 0.025) else f"DAS tau={t:g}"
 
 
 def tau_table(results) -> str:
     rows = []
     for t in TAUS:
-        s = tau_name(t)
+        s = tau_name(results, t)
         rows.append([f"{t:g}"] + [cell(wer(results, s, d), wer(results, "original", d)) for d in DOMAINS]
                     + [cell(mean(results, s, DOMAINS), mean(results, "original", DOMAINS)),
                        cell(pooled(results, s, OOD), pooled(results, "original", OOD))])
     return table(["τ", *DOMAINS, "in-domain mean", "real speech (pooled)"], rows)
+
+
+def tune_section(run: Path) -> str:
+    """The tune stage's candidates on the validation sets, and what it chose (bench/tune.py)."""
+    path = run / "tune.json"
+    if not path.is_file():
+        return "(not run yet: stage tune)"
+    t = json.loads(path.read_text())
+    sets = list(t["original"])
+    ood = [s for s in sets if s not in DOMAINS]
+    rows = [["original", "-", "-"] + [f"{t['original'][s]:.2f}" for s in sets] + [
+        f"{sum(t['original'][d] for d in DOMAINS) / len(DOMAINS):.2f}"]]
+    for c in t["candidates"]:
+        rows.append([f"{c['lr']:g}", c["strategy"], f"{c['tau']:g}"] + [cell(c["wer"][s], t["original"][s]) for s in sets]
+                    + [cell(sum(c["wer"][d] for d in DOMAINS) / len(DOMAINS),
+                            sum(t["original"][d] for d in DOMAINS) / len(DOMAINS))])
+    chosen = t["chosen"]
+    sizes = ", ".join(f"{s} {n}" for s, n in t["sizes"].items())
+    return (f"Validation WER (utterances: {sizes}; out of domain: {', '.join(ood)}).\n\n"
+            + table(["LoRA lr", "reading", "τ", *sets, "in-domain mean"], rows)
+            + f"\n\nChosen: lr {chosen['lr']}, {chosen['strategy']}, τ = {chosen['tau']:g}: {chosen['why']}.")
 
 
 def table6(run: Path) -> str:
@@ -168,8 +199,8 @@ def plots(run: Path, results) -> str:
     # 2. τ sweep.
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = list(range(len(TAUS)))
-    ax.plot(xs, [mean(results, tau_name(t), DOMAINS) for t in TAUS], "o-", label="in-domain mean")
-    ax.plot(xs, [pooled(results, tau_name(t), OOD) for t in TAUS], "s-", label="real speech (pooled)")
+    ax.plot(xs, [mean(results, tau_name(results, t), DOMAINS) for t in TAUS], "o-", label="in-domain mean")
+    ax.plot(xs, [pooled(results, tau_name(results, t), OOD) for t in TAUS], "s-", label="real speech (pooled)")
     ax.set_xticks(xs, [f"{t:g}" for t in TAUS])
     ax.set_xlabel("τ")
     ax.set_ylabel("WER %")
@@ -206,6 +237,7 @@ def write(run: Path) -> Path:
         "Cells: WER % (relative change against the original model; negative is better).",
         "## Data\n\n" + data_section(run),
         "## Training runs\n\n" + models_section(run),
+        "## Tuning DAS on validation data\n\n" + tune_section(run),
         "## Table IV: in-domain test sets\n\n" + table4(results),
         f"## Table II: which part to fine-tune ({DOMAINS[0]} data)\n\n" + table2(results),
         "## Table V: real speech, out of domain\n\n" + table5(results),

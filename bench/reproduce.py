@@ -11,14 +11,19 @@ at most the item or model in progress (generation and training resume inside tha
 
   generate  datagen, through the local LLM server (bench/llm_server.sh) unless --llm-url is
             given: training texts spoken by TRAIN_VOICES, and from a separate run (other seed)
-            test texts spoken only by TEST_VOICES, an engine and voices training never uses.
+            test texts spoken only by TEST_VOICES, an engine and voices training never uses;
+            and an out-of-domain validation set for the tune stage (everyday topics, voices
+            of its own: bench/tune.py).
   split     10% of each domain's training items (by a hash of the text) become validation;
             test items whose text also occurs in any training set are dropped.
   ood       manifests of real speech: pocketsphinx LibriVox and cards, and the Asterisk prompts.
   train     LoRA and full fine-tuning per domain and on all three (Table IV), plus Table II's
-            rows for music. Learning rates come from validation loss, never from a test set:
-            the first domain is trained at every rate of the grid, the one with the best
-            validation loss is used for the rest. Each run keeps its best epoch (train --val).
+            rows for music. Learning rates come from validation data, never from a test set:
+            each domain's LoRA and the first domain's full fine-tuning are trained at every
+            rate of the grid; single models and the multi-domain ones use the rate with the
+            best validation loss. Each run keeps its best epoch (train --val).
+  tune      DAS's learning rate, reading of Eq. (3) and τ, chosen by decoding in-domain and
+            out-of-domain validation speech (bench/tune.py has the candidates and the rule).
   eval      every system on every test set, one JSON per pair. The frozen encoder runs once
             per window for all systems (encoder_cache.EncoderMemo: exact, fp32), so RTF is
             not measured here; Table VI measures it.
@@ -28,171 +33,34 @@ at most the item or model in progress (generation and training resume inside tha
 
 import argparse
 import fnmatch
-import gzip
-import hashlib
 import json
 import os
-import re
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lora  # noqa: E402
-from datagen.clean import normalise  # noqa: E402
+from study_data import (DOMAINS, OOD_SETS, log, read_rows, run_logged, stage_generate,  # noqa: E402
+                        stage_ood, stage_split, write_rows)
 
-DOMAINS = ("music", "weather", "sports")
-TRAIN_VOICES = "espeak-ng:en-us,flite:slt,flite:rms,flite:awb,piper:joe"
-TEST_VOICES = "festival:kal_diphone,flite:kal16"  # festival is never a training engine
 TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 1.0)
-POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
-ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
-ASTERISK_TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
-OOD_SETS = ("librivox", "cards", "asterisk")
-STAGES = ("generate", "split", "ood", "train", "eval", "table6", "report")
-
-
-def log(msg: str) -> None:
-    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def start_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start a step as a subprocess, its output appended to `logfile` (in run/logs/); the
-    command is kept in run/commands.txt, which the report quotes."""
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    line = " ".join(shlex.quote(c) for c in cmd)
-    with open(logfile.parent.parent / "commands.txt", "a") as f:
-        f.write(line + "\n")
-    log(f"$ {line}  (log: {logfile})")
-    with open(logfile, "a") as out:  # the child keeps its own copy of the handle
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-
-
-def run_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> None:
-    """`start_logged` and wait. A failure stops the study (rerun to resume)."""
-    code = start_logged(cmd, logfile, env).wait()
-    if code != 0:
-        raise SystemExit(f"step failed with exit code {code}; see {logfile}. Rerun the same command to resume.")
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(path)
-
-
-# ---------------------------------------------------------------- data
-
-
-def stage_generate(args, run: Path) -> None:
-    port = os.environ.get("PORT", "8012")
-    url = args.llm_url or f"http://127.0.0.1:{port}/v1"
-    jobs = []
-    for d in DOMAINS:
-        for split, count, voices, seed, workers in (("train", args.train_per_domain, TRAIN_VOICES, 0, 2),
-                                                    ("test_raw", args.test_per_domain, TEST_VOICES, 1000, 1)):
-            out = run / "data" / split / d
-            if len(read_rows(out / "manifest.jsonl")) >= count:
-                continue
-            cmd = [sys.executable, "das.py", "generate", "--domain", d, "--count", str(count), "--out", str(out),
-                   "--llm-url", url, "--tts", voices, "--workers", str(workers), "--seed", str(seed),
-                   "--progress-every", "60"]
-            jobs.append((cmd, run / "logs" / f"generate_{split}_{d}.log"))
-    if jobs and args.llm_url is None:
-        run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / "llm_server.log", {**os.environ, "PORT": port})
-    # All six runs at once keep the LLM server busy while the others speak their texts.
-    procs = [(start_logged(cmd, logfile), logfile) for cmd, logfile in jobs]
-    failed = [str(lf) for p, lf in procs if p.wait() != 0]
-    if failed:
-        raise SystemExit(f"generation failed; see {', '.join(failed)}. Rerun to resume.")
-
-
-def is_validation(text: str, fraction: float) -> bool:
-    """A fixed pseudo-random tenth of the texts, the same whatever order they were made in."""
-    return int(hashlib.sha1(normalise(text).encode()).hexdigest(), 16) % 1000 < 1000 * fraction
-
-
-def stage_split(args, run: Path) -> dict:
-    """train/<d>/{fit,val}.jsonl and test_raw/<d>/test.jsonl, beside the audio they point to."""
-    sizes, train_keys = {}, set()
-    for d in DOMAINS:
-        rows = read_rows(run / "data" / "train" / d / "manifest.jsonl")[: args.train_per_domain]
-        train_keys |= {normalise(r["text"]) for r in rows}
-        val = [r for r in rows if is_validation(r["text"], args.val_fraction)]
-        fit = [r for r in rows if not is_validation(r["text"], args.val_fraction)]
-        write_rows(run / "data" / "train" / d / "fit.jsonl", fit)
-        write_rows(run / "data" / "train" / d / "val.jsonl", val)
-        sizes[d] = {"fit": len(fit), "val": len(val), "fit_seconds": round(sum(r["duration"] for r in fit), 1),
-                    "voices": sorted({r["voice"] for r in rows})}
-    # One validation set over all domains for the multi-domain models (absolute paths: it
-    # lives outside any one domain's folder).
-    write_rows(run / "data" / "train" / "val_multi.jsonl",
-               [{**r, "audio": str((run / "data" / "train" / d / r["audio"]).resolve())}
-                for d in DOMAINS for r in read_rows(run / "data" / "train" / d / "val.jsonl")])
-    for d in DOMAINS:
-        rows = read_rows(run / "data" / "test_raw" / d / "manifest.jsonl")[: args.test_per_domain]
-        kept, seen = [], set()
-        for r in rows:
-            key = normalise(r["text"])
-            if key not in train_keys and key not in seen:
-                seen.add(key)
-                kept.append(r)
-        write_rows(run / "data" / "test_raw" / d / "test.jsonl", kept)
-        sizes[d].update(test=len(kept), test_dropped_overlap=len(rows) - len(kept),
-                        test_seconds=round(sum(r["duration"] for r in kept), 1),
-                        test_voices=sorted({r["voice"] for r in kept}))
-    (run / "data" / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
-    log(f"split: {json.dumps(sizes)}")
-    return sizes
-
-
-def stage_ood(args, run: Path) -> None:
-    """Real speech, none of it about music, weather or sports."""
-    out = run / "data" / "ood"
-    missing = [f"{p} (apt install {pkg})" for p, pkg in (
-        (POCKETSPHINX, "pocketsphinx-testdata"), (ASTERISK_SOUNDS, "asterisk-core-sounds-en-wav"),
-        (ASTERISK_TEXTS, "asterisk-core-sounds-en")) if not p.exists()]
-    if missing:
-        raise SystemExit(f"the real-speech test sets need: {'; '.join(missing)}")
-    for sub, listing in (("librivox", "transcription"), ("cards", "cards.transcription")):
-        rows = []
-        for line in (POCKETSPHINX / sub / listing).read_text().splitlines():
-            m = re.match(r"\s*<s>(.*)</s>\s*\((.+)\)\s*$", line)
-            if m:
-                name = Path(m.group(2).strip()).name
-                rows.append({"audio": str(POCKETSPHINX / sub / f"{name}.wav"), "text": m.group(1).strip()})
-        write_rows(out / f"{sub}.jsonl", rows)
-    rows = []
-    with gzip.open(ASTERISK_TEXTS, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            name, sep, text = line.partition(":")
-            # "[ascending tones]" is a sound, not speech; "at [@]" says "at".
-            text = re.sub(r"\[[^\]]*\]", "", text).strip()
-            wav = ASTERISK_SOUNDS / f"{name.strip()}.wav"
-            if sep and text and not line.startswith(";") and wav.is_file():
-                rows.append({"audio": str(wav), "text": text})
-    write_rows(out / "asterisk.jsonl", rows)
-    log(f"ood: {', '.join(f'{p.stem} {len(read_rows(p))}' for p in sorted(out.glob('*.jsonl')))} utterances")
+STAGES = ("generate", "split", "ood", "train", "tune", "eval", "table6", "report")
 
 
 # ---------------------------------------------------------------- training
 
 
 def train_runs(args) -> list[dict]:
-    """Every model of the study, in the order they train. `grid` runs choose a learning rate."""
+    """Every model of the study, in the order they train. `grid` runs choose a learning rate.
+    Every domain's LoRA is trained at every rate, since the tune stage chooses DAS's rate by
+    decoding validation speech with all three adapters; full fine-tuning (4x the cost per
+    run) tries the grid on the first domain only."""
     runs = []
     for method, grid in (("lora", args.lora_lrs), ("ft", args.ft_lrs)):
         for i, d in enumerate(DOMAINS):
-            for lr in (grid if i == 0 else [None]):  # None: the rate the first domain chose
+            for lr in (grid if i == 0 or method == "lora" else [None]):  # None: the rate the first domain chose
                 runs.append({"name": f"{method}-{d}" + (f"-lr{lr:g}" if lr is not None else ""), "method": method,
                              "data": [d], "lr": lr, "choose": f"{method}-{DOMAINS[0]}"})
         runs.append({"name": f"{method}-multi", "method": method, "data": list(DOMAINS), "lr": None,
@@ -210,11 +78,10 @@ def chosen_lr(run: Path, prefix: str) -> tuple[float, str] | None:
 
 
 def model_file(run: Path, name: str) -> Path | None:
-    """The file a system name refers to: a grid name resolves to the chosen grid run."""
-    for prefix in (f"lora-{DOMAINS[0]}", f"ft-{DOMAINS[0]}"):
-        if name == prefix:
-            choice = chosen_lr(run, prefix)
-            return run / "models" / f"{choice[1]}.st" if choice else None
+    """The file a system name refers to: a name trained over a grid (name-lr*) resolves to
+    the grid run with the best validation loss."""
+    if any((run / "models").glob(f"{name}-lr*.done.json")):
+        return run / "models" / f"{chosen_lr(run, name)[1]}.st"
     path = run / "models" / f"{name}.st"
     return path if (run / "models" / f"{name}.done.json").is_file() else None
 
@@ -268,84 +135,137 @@ def test_sets(run: Path) -> dict[str, Path]:
     return sets
 
 
-def systems(run: Path) -> list[tuple[str, str, list[Path], float]]:
-    """(name, kind, files, τ) of every system whose models exist."""
-    out = [("original", "base", [], 0.0)]
-    loras = [model_file(run, f"lora-{d}") for d in DOMAINS]
-    if all(loras):
-        out += [("DAS", "adml", loras, 0.025)]
+def systems(run: Path) -> list[tuple[str, str, list[Path], float, str]]:
+    """(name, kind, files, τ, strategy) of every system whose models exist. DAS and its τ
+    sweep use the learning rate and reading of Eq. (3) the tune stage chose on validation
+    data (before it has run: each domain's adapter by validation loss, `das`, τ = 0.025)."""
+    import tune
+
+    out = [("original", "base", [], 0.0, "das")]
+    choice = tune.chosen(run) or {"lr": None, "strategy": "das", "tau": 0.025}
+    loras = tune.das_files(run, choice["lr"])
+    if loras:
+        out += [("DAS", "adml", loras, choice["tau"], choice["strategy"])]
     for name in ("lora-multi",) + tuple(f"lora-{d}" for d in DOMAINS):
         if model_file(run, name):
-            out.append((name, "lora", [model_file(run, name)], 0.0))
-    if all(loras):
-        out += [(f"DAS tau={t:g}", "adml", loras, t) for t in TAUS if t != 0.025]
+            out.append((name, "lora", [model_file(run, name)], 0.0, "das"))
+    if loras:
+        out += [(f"DAS tau={t:g}", "adml", loras, t, choice["strategy"]) for t in TAUS if t != choice["tau"]]
     for name in ("ft-multi",) + tuple(f"ft-{d}" for d in DOMAINS) + (f"ft-last3-{DOMAINS[0]}", f"ft-enc-dec-{DOMAINS[0]}"):
         if model_file(run, name):
-            out.append((name, "finetune", [model_file(run, name)], 0.0))
+            out.append((name, "finetune", [model_file(run, name)], 0.0, "das"))
     return out
 
 
+class Scorer:
+    """The base model, its encoder memo and the audio, shared by every system one process
+    scores (evaluation and tuning alike). Each (system, set) score is one JSON that records
+    the system's config; a score is redone only when that config changes. A `.lock` beside
+    it lets two processes work through the same list without scoring anything twice."""
+
+    def __init__(self, args, run: Path):
+        import torch
+
+        import whisper_min
+        from encoder_cache import EncoderMemo
+        from whisper_min import DecodingOptions
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.args, self.memo_root = args, run / "cache" / "eval"
+        self.base = whisper_min.load_model(args.model, device=args.device)
+        self.tokenizer = whisper_min.get_tokenizer(args.model, language="en")
+        self.options = DecodingOptions(language="en", without_timestamps=True)
+        self.base.embed_audio = EncoderMemo(self.base, self.memo_root)
+        self.audio: dict[str, object] = {}
+        self.built: dict[str, tuple] = {}
+
+    def load_audio(self, path: str):  # every system hears the same files: read each once
+        import whisper_min
+
+        if path not in self.audio:
+            self.audio[path] = whisper_min.load_audio(path)
+        return self.audio[path]
+
+    @staticmethod
+    def config(kind: str, files, tau: float, strategy: str = "das") -> dict:
+        return {"kind": kind, "files": [Path(f).name for f in files], "tau": tau, "strategy": strategy}
+
+    @staticmethod
+    def is_done(out: Path, config: dict) -> bool:
+        return out.is_file() and read_rows(out)[0].get("config") == config
+
+    def build(self, name: str, config: dict, files):
+        """(model, decode_fn) for a system; one system's models in memory at a time."""
+        import adml
+        import train
+        import whisper_min
+        from encoder_cache import EncoderMemo
+
+        key = json.dumps([name, config])
+        if key not in self.built:
+            self.built.clear()
+            model, decode_fn, kind = self.base, whisper_min.decode, config["kind"]
+            if kind in ("adml", "lora"):
+                decode_fn = adml.make_decoder(self.base, [str(f) for f in files], tau=config["tau"],
+                                              strategy=config["strategy"])
+            elif kind == "finetune":
+                model = whisper_min.load_model(self.args.model, device=self.args.device)  # a fresh copy
+                train.load_finetune(files[0], model)
+                if "enc-dec" in name:  # its encoder changed: its own memo, never the shared one
+                    model.embed_audio = EncoderMemo(model, self.memo_root)
+                else:
+                    model.embed_audio = self.base.embed_audio
+            self.built[key] = model, decode_fn
+        return self.built[key]
+
+    def score(self, name: str, config: dict, files, rows: list[dict], set_name: str, out: Path) -> dict | None:
+        """Score one system on one set into `out`; None when it is done or another process has it."""
+        from evaluate import evaluate_set, transcriber
+
+        lock = out.with_name(out.name + ".lock")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = int(lock.read_text() or 0)
+            try:
+                os.kill(pid, 0)
+                return None  # a live process is scoring it
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # left by a process that died: take it over
+                return self.score(name, config, files, rows, set_name, out)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            if self.is_done(out, config):
+                return None
+            model, decode_fn = self.build(name, config, files)
+            transcribe_fn = transcriber(model, self.tokenizer, self.options, decode_fn, self.load_audio)
+            t = time.time()
+            result = evaluate_set(rows, transcribe_fn, f"{name} on {set_name}")
+            result.update(system=name, test_set=set_name, config=config, seconds=round(time.time() - t, 1))
+            result.pop("rtf", None)  # meaningless with the encoder shared between systems
+            write_rows(out, [result])
+            log(f"{name} on {set_name}: WER {result['wer']}% ({result['utterances']} utts, {result['seconds']} s)")
+            return result
+        finally:
+            lock.unlink(missing_ok=True)
+
+
 def stage_eval(args, run: Path) -> None:
-    import torch
+    from evaluate import read_manifest
 
-    import adml
-    import train
-    import whisper_min
-    from encoder_cache import EncoderMemo
-    from evaluate import evaluate_set, read_manifest, transcriber
-    from whisper_min import DecodingOptions
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = whisper_min.load_model(args.model, device=args.device)
-    tokenizer = whisper_min.get_tokenizer(args.model, language="en")
-    options = DecodingOptions(language="en", without_timestamps=True)
-    memo_root = run / "cache" / "eval"
-    base.embed_audio = EncoderMemo(base, memo_root)
     sets = {n: read_manifest(p) for n, p in test_sets(run).items() if p.is_file()}
-    audio_cache: dict[str, object] = {}
-
-    def load_audio(path: str):  # every system hears the same files: read each once
-        if path not in audio_cache:
-            audio_cache[path] = whisper_min.load_audio(path)
-        return audio_cache[path]
-
     # What the claims rest on is scored first (Tables IV and V, the τ sweep), so a run cut short
     # still answers them; single-domain models on real speech come last.
     todo = [(system, s) for system in systems(run) for s in sets
-            if not (run / "eval" / system[0] / f"{s}.json").is_file()
+            if not Scorer.is_done(run / "eval" / system[0] / f"{s}.json", Scorer.config(*system[1:]))
             and any(fnmatch.fnmatch(system[0], pattern) for pattern in args.systems.split(","))]
     todo.sort(key=lambda pair: pair[1] in OOD_SETS and pair[0][0].split("-")[-1] in DOMAINS)
-    built: dict[str, tuple] = {}
-
-    def build(name, kind, files, tau):
-        model, decode_fn = base, whisper_min.decode
-        if kind in ("adml", "lora"):
-            decode_fn = adml.make_decoder(base, [str(f) for f in files], tau=tau)
-        elif kind == "finetune":
-            model = whisper_min.load_model(args.model, device=args.device)  # a fresh copy to overwrite
-            train.load_finetune(files[0], model)
-            if "enc-dec" in name:  # its encoder changed: its own memo, never the shared one
-                model.embed_audio = EncoderMemo(model, memo_root)
-            else:
-                model.embed_audio = base.embed_audio
-        return model, decode_fn
-
-    for (name, kind, files, tau), s in todo:
-        if (run / "eval" / name / f"{s}.json").is_file():
-            continue  # another process scored it meanwhile
-        if name not in built:
-            built.clear()  # one system's models in memory at a time
-            built[name] = build(name, kind, files, tau)
-        model, decode_fn = built[name]
-
-        transcribe_fn = transcriber(model, tokenizer, options, decode_fn, load_audio)
-        t = time.time()
-        result = evaluate_set(sets[s], transcribe_fn, f"{name} on {s}")
-        result.update(system=name, test_set=s, seconds=round(time.time() - t, 1))
-        result.pop("rtf", None)  # meaningless with the encoder shared between systems
-        write_rows(run / "eval" / name / f"{s}.json", [result])
-        log(f"eval: {name} on {s}: WER {result['wer']}% ({result['utterances']} utts, {result['seconds']} s)")
+    scorer = Scorer(args, run) if todo else None
+    for (name, kind, files, tau, strategy), s in todo:
+        scorer.score(name, Scorer.config(kind, files, tau, strategy), files, sets[s], s, run / "eval" / name / f"{s}.json")
 
 
 def stage_table6(args, run: Path) -> None:
@@ -372,9 +292,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for evaluation (0: torch's default)")
     p.add_argument("--train-per-domain", type=int, default=1500, help="synthetic training utterances per domain")
     p.add_argument("--test-per-domain", type=int, default=200, help="synthetic test utterances per domain")
+    p.add_argument("--ood-val-count", type=int, default=150,
+                   help="out-of-domain validation utterances (everyday topics) for the tune stage")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of training texts held out for validation")
     p.add_argument("--epochs", type=float, default=4, help="epochs per training run (the best one is kept)")
-    p.add_argument("--lora-lrs", default="1e-4,3e-4", help="LoRA learning-rate grid, tried on the first domain")
+    p.add_argument("--lora-lrs", default="1e-4,3e-4", help="LoRA learning-rate grid, every domain (tune picks)")
     p.add_argument("--ft-lrs", default="1e-5,3e-5", help="full fine-tuning learning-rate grid, first domain")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
     p.add_argument("--systems", default="*", help="eval: only systems matching these comma-separated globs")
@@ -390,14 +312,16 @@ def main() -> int:
         p.error(f"unknown stages {unknown}; choose from {','.join(STAGES)}")
     run = args.run
     run.mkdir(parents=True, exist_ok=True)
+    sys.modules.setdefault("reproduce", sys.modules[__name__])  # tune.py imports this module by name
     import report  # bench/report.py: tables and plots from the run folder
+    import tune  # bench/tune.py: DAS's settings from validation data
 
     for stage in STAGES:
         if stage in stages:
             t = time.time()
             log(f"stage {stage}")
             {"generate": stage_generate, "split": stage_split, "ood": stage_ood, "train": stage_train,
-             "eval": stage_eval, "table6": stage_table6, "report": lambda a, r: report.write(r)}[stage](args, run)
+             "tune": tune.stage_tune, "eval": stage_eval, "table6": stage_table6, "report": lambda a, r: report.write(r)}[stage](args, run)
             log(f"stage {stage} done in {time.time() - t:.0f} s")
     return 0
 

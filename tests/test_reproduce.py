@@ -1,4 +1,5 @@
-"""bench/reproduce.py's data plumbing and bench/report.py's arithmetic, on made-up run folders."""
+"""bench/reproduce.py's data plumbing (bench/study_data.py), its tune stage's rule (bench/tune.py) and
+bench/report.py's arithmetic, on made-up run folders."""
 import gzip
 import json
 import sys
@@ -9,40 +10,41 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import report  # noqa: E402
 import reproduce  # noqa: E402
+import study_data  # noqa: E402
 
 
 def write_manifest(path: Path, texts: list[str], voice: str) -> None:
-    reproduce.write_rows(path, [{"audio": f"audio/{i}.flac", "text": t, "duration": 2.0, "voice": voice}
+    study_data.write_rows(path, [{"audio": f"audio/{i}.flac", "text": t, "duration": 2.0, "voice": voice}
                                 for i, t in enumerate(texts)])
 
 
 def test_validation_is_a_stable_tenth():
     texts = [f"play song number {i} please" for i in range(2000)]
-    val = [t for t in texts if reproduce.is_validation(t, 0.1)]
+    val = [t for t in texts if study_data.is_validation(t, 0.1)]
     assert 150 < len(val) < 250
     # Case and punctuation do not move a text between the splits.
-    assert all(reproduce.is_validation(t.upper() + "?", 0.1) for t in val[:20])
+    assert all(study_data.is_validation(t.upper() + "?", 0.1) for t in val[:20])
 
 
 def test_split_keeps_test_texts_out_of_training(tmp_path):
     run = tmp_path / "run"
-    for d in reproduce.DOMAINS:
+    for d in study_data.DOMAINS:
         write_manifest(run / "data" / "train" / d / "manifest.jsonl",
                        [f"what is the {d} like number {i}" for i in range(50)] + ["extra beyond the count"], "flite:slt")
         write_manifest(run / "data" / "test_raw" / d / "manifest.jsonl",
                        ["What is the music like, number 3?", f"a new {d} question", f"a new {d} question"],
                        "festival:kal_diphone")
     args = type("A", (), {"train_per_domain": 50, "test_per_domain": 10, "val_fraction": 0.1})()
-    sizes = reproduce.stage_split(args, run)
-    for d in reproduce.DOMAINS:
-        fit = reproduce.read_rows(run / "data" / "train" / d / "fit.jsonl")
-        val = reproduce.read_rows(run / "data" / "train" / d / "val.jsonl")
-        test = reproduce.read_rows(run / "data" / "test_raw" / d / "test.jsonl")
+    sizes = study_data.stage_split(args, run)
+    for d in study_data.DOMAINS:
+        fit = study_data.read_rows(run / "data" / "train" / d / "fit.jsonl")
+        val = study_data.read_rows(run / "data" / "train" / d / "val.jsonl")
+        test = study_data.read_rows(run / "data" / "test_raw" / d / "test.jsonl")
         assert len(fit) + len(val) == 50 and not {r["text"] for r in fit} & {r["text"] for r in val}
         assert [r["text"] for r in test] == [f"a new {d} question"]  # the training text and the repeat dropped
         assert sizes[d]["test_dropped_overlap"] == 2
-    multi = reproduce.read_rows(run / "data" / "train" / "val_multi.jsonl")
-    assert len(multi) == sum(sizes[d]["val"] for d in reproduce.DOMAINS) and all(Path(r["audio"]).is_absolute() for r in multi)
+    multi = study_data.read_rows(run / "data" / "train" / "val_multi.jsonl")
+    assert len(multi) == sum(sizes[d]["val"] for d in study_data.DOMAINS) and all(Path(r["audio"]).is_absolute() for r in multi)
 
 
 def test_ood_manifests(tmp_path, monkeypatch):
@@ -54,13 +56,13 @@ def test_ood_manifests(tmp_path, monkeypatch):
     with gzip.open(texts, "wt") as f:
         f.write("; Core sounds\n\nactivated: Activated.\nbeep: [this is a simple beep tone]\n"
                 "letters/at: at [@]\nmissing-file: Not shipped.\n")
-    monkeypatch.setattr(reproduce, "ASTERISK_SOUNDS", sounds)
-    monkeypatch.setattr(reproduce, "ASTERISK_TEXTS", texts)
-    reproduce.stage_ood(None, tmp_path / "run")
-    rows = reproduce.read_rows(tmp_path / "run" / "data" / "ood" / "asterisk.jsonl")
+    monkeypatch.setattr(study_data, "ASTERISK_SOUNDS", sounds)
+    monkeypatch.setattr(study_data, "ASTERISK_TEXTS", texts)
+    study_data.stage_ood(None, tmp_path / "run")
+    rows = study_data.read_rows(tmp_path / "run" / "data" / "ood" / "asterisk.jsonl")
     assert [r["text"] for r in rows] == ["Activated.", "at"]
-    if reproduce.POCKETSPHINX.is_dir():  # tests/setup.sh installs it
-        libri = reproduce.read_rows(tmp_path / "run" / "data" / "ood" / "librivox.jsonl")
+    if study_data.POCKETSPHINX.is_dir():  # tests/setup.sh installs it
+        libri = study_data.read_rows(tmp_path / "run" / "data" / "ood" / "librivox.jsonl")
         assert len(libri) == 5 and all(Path(r["audio"]).is_file() for r in libri)
         assert libri[1]["text"] == "he was not an ill disposed young man"
 
@@ -69,7 +71,7 @@ def test_report_tables_and_pooled_wer(tmp_path):
     run = tmp_path / "run"
 
     def result(system, test_set, errors, words):
-        reproduce.write_rows(run / "eval" / system / f"{test_set}.json", [{
+        study_data.write_rows(run / "eval" / system / f"{test_set}.json", [{
             "system": system, "test_set": test_set, "wer": 100 * errors / words, "substitutions": errors,
             "deletions": 0, "insertions": 0, "ref_words": words}])
 
@@ -90,3 +92,60 @@ def test_report_tables_and_pooled_wer(tmp_path):
     assert "| DAS (τ = 0.025) | 10.00 (-50.0%) | 5.00 (-50.0%) | 5.00 (-50.0%) | 6.67 (-50.0%) |" in text
     assert "| DAS (τ = 0.025) | 2.00 (+100.0%) | 0.00 | 1.01 (+0.0%) | 1.10 (+10.0%) |" in text
     assert "| LoRA-ft-Multi | - | - | - | - |" in text  # not trained: a dash, never a made-up number
+
+
+def test_tune_rule_keeps_out_of_domain_within_two_percent():
+    import tune
+
+    original = {"music": 10.0, "weather": 10.0, "sports": 10.0, "everyday": 5.0, "fortunes": 20.0}
+
+    def cand(lr, strategy, tau, domain_wer, everyday, fortunes=20.0):
+        return {"lr": lr, "strategy": strategy, "tau": tau, "wer": {
+            "music": domain_wer, "weather": domain_wer, "sports": domain_wer, "everyday": everyday,
+            "fortunes": fortunes}}
+
+    rows = [cand(3e-4, "das", 0.025, 6.0, 6.0),   # best in domain, but +20% out of domain: out
+            cand(3e-4, "das", 0.05, 6.5, 4.0, 20.6),  # better on one out-of-domain set, +3% on the other: out
+            cand(1e-4, "das", 0.05, 8.0, 5.1),    # +2.0%: exactly at the limit, in
+            cand(1e-4, "max-only", 0.05, 7.0, 5.05),
+            cand(1e-4, "max-only", 0.1, 7.0, 5.0)]  # ties with the one above: the larger τ wins
+    choice = tune.choose(rows, original)
+    assert (choice["lr"], choice["strategy"], choice["tau"]) == (1e-4, "max-only", 0.1)
+    # Nothing within the limit: τ = 1, the original model's transcript.
+    assert tune.choose(rows[:2], original)["tau"] == 1.0
+    # One candidate at τ = 0 per rate (both readings agree there), both readings above it.
+    args = type("Args", (), {"lora_lrs": [1e-4, 3e-4]})()
+    cands = tune.candidates(args)
+    assert len(cands) == 2 * (1 + 2 * (len(tune.TUNE_TAUS) - 1))
+    assert sum(c["tau"] == 0 for c in cands) == 2
+
+
+def test_fortune_texts(tmp_path):
+    path = tmp_path / "fortunes"
+    path.write_text("A gift of a flower will soon be made to you.\n%\nYou will\n  live long.\n%\n"
+                    "Too short.\n%\nThe best is yet to come. -- Someone\n%\nCall 555 1234 today!\n%\n"
+                    "Beware of a tall dark stranger.\n")
+    assert study_data.fortune_texts(path, 10) == ["A gift of a flower will soon be made to you.",
+                                                  "You will live long.", "Beware of a tall dark stranger."]
+    assert study_data.fortune_texts(path, 1) == ["A gift of a flower will soon be made to you."]
+
+
+def test_systems_follow_the_tuned_choice(tmp_path):
+    import tune
+
+    run = tmp_path / "run"
+    for d in study_data.DOMAINS:
+        for lr, loss in ((1e-4, 0.3), (3e-4, 0.2)):
+            name = f"lora-{d}-lr{lr:g}"
+            (run / "models").mkdir(parents=True, exist_ok=True)
+            (run / "models" / f"{name}.done.json").write_text(json.dumps({"name": name, "lr": lr, "val_loss": loss}))
+    das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
+    assert [f.name for f in das[2]] == [f"lora-{d}-lr0.0003.st" for d in study_data.DOMAINS]  # by validation loss
+    assert das[3:] == (0.025, "das")
+    (run / "tune.json").write_text(json.dumps({"chosen": {"lr": 1e-4, "strategy": "max-only", "tau": 0.05}}))
+    systems = {s[0]: s for s in reproduce.systems(run)}
+    assert [f.name for f in systems["DAS"][2]] == [f"lora-{d}-lr0.0001.st" for d in study_data.DOMAINS]
+    assert systems["DAS"][3:] == (0.05, "max-only")
+    assert "DAS tau=0.05" not in systems and systems["DAS tau=0.025"][3:] == (0.025, "max-only")
+    assert [f.name for f in systems["lora-music"][2]] == ["lora-music-lr0.0003.st"]  # single models: by loss
+    assert tune.chosen(run)["tau"] == 0.05

@@ -1,0 +1,201 @@
+"""bench/reproduce.py's data: the synthetic training, test and validation sets, and the
+manifests of real speech; plus the helpers every stage shares (logging, logged subprocesses,
+manifest rows). reproduce.py's docstring says what each stage makes.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from datagen.clean import normalise  # noqa: E402
+
+DOMAINS = ("music", "weather", "sports")
+TRAIN_VOICES = "espeak-ng:en-us,flite:slt,flite:rms,flite:awb,piper:joe"
+TEST_VOICES = "festival:kal_diphone,flite:kal16"  # festival is never a training engine
+# Out-of-domain validation for the tune stage, spoken by voices no other set uses:
+# "everyday", LLM texts about other topics (the assistant style of the training texts), and
+# "fortunes", sentences people wrote (fortunes-min), nothing like a request to an assistant.
+OOD_VAL = "everyday"
+OOD_VAL_DOMAIN = Path(__file__).resolve().parent / "domains" / "everyday.json"
+OOD_VAL_VOICES = "espeak-ng:en-gb-x-rp,espeak-ng:en-gb-scotland"
+FORTUNES = Path("/usr/share/games/fortunes/fortunes")
+OOD_VALS = (OOD_VAL, "fortunes")
+POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
+ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
+ASTERISK_TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+OOD_SETS = ("librivox", "cards", "asterisk")
+
+
+def log(msg: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def start_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a step as a subprocess, its output appended to `logfile` (in run/logs/); the
+    command is kept in run/commands.txt, which the report quotes."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    line = " ".join(shlex.quote(c) for c in cmd)
+    with open(logfile.parent.parent / "commands.txt", "a") as f:
+        f.write(line + "\n")
+    log(f"$ {line}  (log: {logfile})")
+    with open(logfile, "a") as out:  # the child keeps its own copy of the handle
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+
+def run_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> None:
+    """`start_logged` and wait. A failure stops the study (rerun to resume)."""
+    code = start_logged(cmd, logfile, env).wait()
+    if code != 0:
+        raise SystemExit(f"step failed with exit code {code}; see {logfile}. Rerun the same command to resume.")
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(path)
+
+# ---------------------------------------------------------------- data
+
+
+def stage_generate(args, run: Path) -> None:
+    port = os.environ.get("PORT", "8012")
+    url = args.llm_url or f"http://127.0.0.1:{port}/v1"
+    jobs = []
+    for d in DOMAINS:
+        for split, count, voices, seed, workers in (("train", args.train_per_domain, TRAIN_VOICES, 0, 2),
+                                                    ("test_raw", args.test_per_domain, TEST_VOICES, 1000, 1)):
+            out = run / "data" / split / d
+            if len(read_rows(out / "manifest.jsonl")) >= count:
+                continue
+            cmd = [sys.executable, "das.py", "generate", "--domain", d, "--count", str(count), "--out", str(out),
+                   "--llm-url", url, "--tts", voices, "--workers", str(workers), "--seed", str(seed),
+                   "--progress-every", "60"]
+            jobs.append((cmd, run / "logs" / f"generate_{split}_{d}.log"))
+    out = run / "data" / "val_ood" / OOD_VAL  # the tune stage's out-of-domain validation set
+    if len(read_rows(out / "manifest.jsonl")) < args.ood_val_count:
+        cmd = [sys.executable, "das.py", "generate", "--domain", str(OOD_VAL_DOMAIN), "--count",
+               str(args.ood_val_count), "--out", str(out), "--llm-url", url, "--tts", OOD_VAL_VOICES,
+               "--workers", "1", "--seed", "2000", "--progress-every", "60"]
+        jobs.append((cmd, run / "logs" / f"generate_val_ood_{OOD_VAL}.log"))
+    speak_fortunes(args, run)
+    if jobs and args.llm_url is None:
+        run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / "llm_server.log", {**os.environ, "PORT": port})
+    # All six runs at once keep the LLM server busy while the others speak their texts.
+    procs = [(start_logged(cmd, logfile), logfile) for cmd, logfile in jobs]
+    failed = [str(lf) for p, lf in procs if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"generation failed; see {', '.join(failed)}. Rerun to resume.")
+
+
+def fortune_texts(path: Path, count: int) -> list[str]:
+    """Short plain sentences from a fortune file (entries split by "%" lines): one line's
+    worth (4 to 25 words), letters and punctuation only (nothing a TTS engine reads two
+    ways), no attributed quotes. The first `count` in the file's order."""
+    texts = []
+    for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+        text = " ".join(entry.split())
+        if "--" not in text and re.fullmatch(r"[A-Za-z ,.'?!;:-]+", text) and 4 <= len(text.split()) <= 25:
+            texts.append(text)
+    return texts[:count]
+
+
+def speak_fortunes(args, run: Path) -> None:
+    """The "fortunes" validation set: TTS only, no LLM; resumes like the rest."""
+    from datagen.tts import parse_voices, synthesize
+
+    if not FORTUNES.is_file():
+        raise SystemExit(f"the out-of-domain validation set needs {FORTUNES} (apt install fortunes-min)")
+    out = run / "data" / "val_ood" / "fortunes"
+    rows = read_rows(out / "manifest.jsonl")
+    voices = parse_voices(OOD_VAL_VOICES)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(fortune_texts(FORTUNES, args.ood_val_count)[len(rows):], start=len(rows)):
+        voice = voices[i % len(voices)]
+        audio = out / "audio" / f"{i:04d}.flac"
+        rows.append({"audio": f"audio/{audio.name}", "text": text, "duration": round(synthesize(voice, text, audio), 3),
+                     "voice": voice.name})
+        write_rows(out / "manifest.jsonl", rows)  # after each item: a rerun resumes here
+    log(f"fortunes: {len(rows)} utterances in {out}")
+
+
+def is_validation(text: str, fraction: float) -> bool:
+    """A fixed pseudo-random tenth of the texts, the same whatever order they were made in."""
+    return int(hashlib.sha1(normalise(text).encode()).hexdigest(), 16) % 1000 < 1000 * fraction
+
+
+def stage_split(args, run: Path) -> dict:
+    """train/<d>/{fit,val}.jsonl and test_raw/<d>/test.jsonl, beside the audio they point to."""
+    sizes, train_keys = {}, set()
+    for d in DOMAINS:
+        rows = read_rows(run / "data" / "train" / d / "manifest.jsonl")[: args.train_per_domain]
+        train_keys |= {normalise(r["text"]) for r in rows}
+        val = [r for r in rows if is_validation(r["text"], args.val_fraction)]
+        fit = [r for r in rows if not is_validation(r["text"], args.val_fraction)]
+        write_rows(run / "data" / "train" / d / "fit.jsonl", fit)
+        write_rows(run / "data" / "train" / d / "val.jsonl", val)
+        sizes[d] = {"fit": len(fit), "val": len(val), "fit_seconds": round(sum(r["duration"] for r in fit), 1),
+                    "voices": sorted({r["voice"] for r in rows})}
+    # One validation set over all domains for the multi-domain models (absolute paths: it
+    # lives outside any one domain's folder).
+    write_rows(run / "data" / "train" / "val_multi.jsonl",
+               [{**r, "audio": str((run / "data" / "train" / d / r["audio"]).resolve())}
+                for d in DOMAINS for r in read_rows(run / "data" / "train" / d / "val.jsonl")])
+    for d in DOMAINS:
+        rows = read_rows(run / "data" / "test_raw" / d / "manifest.jsonl")[: args.test_per_domain]
+        kept, seen = [], set()
+        for r in rows:
+            key = normalise(r["text"])
+            if key not in train_keys and key not in seen:
+                seen.add(key)
+                kept.append(r)
+        write_rows(run / "data" / "test_raw" / d / "test.jsonl", kept)
+        sizes[d].update(test=len(kept), test_dropped_overlap=len(rows) - len(kept),
+                        test_seconds=round(sum(r["duration"] for r in kept), 1),
+                        test_voices=sorted({r["voice"] for r in kept}))
+    (run / "data" / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
+    log(f"split: {json.dumps(sizes)}")
+    return sizes
+
+
+def stage_ood(args, run: Path) -> None:
+    """Real speech, none of it about music, weather or sports."""
+    out = run / "data" / "ood"
+    missing = [f"{p} (apt install {pkg})" for p, pkg in (
+        (POCKETSPHINX, "pocketsphinx-testdata"), (ASTERISK_SOUNDS, "asterisk-core-sounds-en-wav"),
+        (ASTERISK_TEXTS, "asterisk-core-sounds-en")) if not p.exists()]
+    if missing:
+        raise SystemExit(f"the real-speech test sets need: {'; '.join(missing)}")
+    for sub, listing in (("librivox", "transcription"), ("cards", "cards.transcription")):
+        rows = []
+        for line in (POCKETSPHINX / sub / listing).read_text().splitlines():
+            m = re.match(r"\s*<s>(.*)</s>\s*\((.+)\)\s*$", line)
+            if m:
+                name = Path(m.group(2).strip()).name
+                rows.append({"audio": str(POCKETSPHINX / sub / f"{name}.wav"), "text": m.group(1).strip()})
+        write_rows(out / f"{sub}.jsonl", rows)
+    rows = []
+    with gzip.open(ASTERISK_TEXTS, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            name, sep, text = line.partition(":")
+            # "[ascending tones]" is a sound, not speech; "at [@]" says "at".
+            text = re.sub(r"\[[^\]]*\]", "", text).strip()
+            wav = ASTERISK_SOUNDS / f"{name.strip()}.wav"
+            if sep and text and not line.startswith(";") and wav.is_file():
+                rows.append({"audio": str(wav), "text": text})
+    write_rows(out / "asterisk.jsonl", rows)
+    log(f"ood: {', '.join(f'{p.stem} {len(read_rows(p))}' for p in sorted(out.glob('*.jsonl')))} utterances")
