@@ -3,6 +3,7 @@
 
     python bench/adml.py [--quick] [--device cuda] [--ks 1,2,3,10,25] [--clips N]
     python bench/adml.py --threads 1 --clock cpu   # on a CPU shared with other work
+    python bench/adml.py --profile 3 --clips 1     # where the time goes, by operator
 
 RTF = wall time (log-mel + encoder + decoding, per utterance as the paper decodes) / audio
 seconds. %dP and %dS are the RTF increases over the base of the batched and the sequential
@@ -66,6 +67,25 @@ def run_config(model, tokenizer, audios, decode_fn, device, clock) -> tuple[floa
     return clock() - t0, n_tokens
 
 
+def profile(model, tokenizer, audio, k: int, rank: int) -> None:
+    """Operator times (self CPU, summed over the decode) and per decoding step."""
+    from torch.profiler import profile as torch_profile
+
+    options = DecodingOptions(without_timestamps=True)
+    mel = whisper_min.log_mel_spectrogram(whisper_min.pad_or_trim(audio), device=model.device)
+    features = model.embed_audio(mel[None])  # the encoder is shared: leave it out
+    stack = adml.stack_adapters(random_adapters(model, k, rank), model)
+    for name, fn in (("original", lambda: decode(model, mel, tokenizer, options, audio_features=features)),
+                     (f"ADML, {k} adapters", lambda: adml.decode(model, mel, tokenizer, options,
+                                                                 audio_features=features, adapters=stack))):
+        fn()  # warm-up
+        with torch_profile() as prof:
+            steps = len(fn()[0].tokens) + 1
+        total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
+        print(f"# {name}: {steps} steps, {total:.1f} ms of operator time, {total / steps:.2f} ms per step")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="base", help="embedded model name or model directory")
@@ -81,6 +101,9 @@ def main() -> None:
     p.add_argument("--no-sequential", action="store_true", help="skip the sequential reference (it is slow)")
     p.add_argument("--quick", action="store_true", help="2 clips, 1 round, k = 1, 3, 25")
     p.add_argument("--json", default=None, help="also write the table here (bench/report.py reads it)")
+    p.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="instead of the table: where the time goes, torch.profiler's top operators for one "
+                        "clip decoded by the original model and by ADML with K adapters")
     args = p.parse_args()
     if args.quick:
         args.clips, args.rounds, args.ks = 2, 1, "1,3,25"
@@ -100,6 +123,9 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     stacks = {k: adml.stack_adapters(random_adapters(model, k, args.rank), model) for k in ks}
 
+    if args.profile:
+        profile(model, tokenizer, audios[0], args.profile, args.rank)
+        return
     configs = {"original": decode}
     for k in ks:
         configs[f"{k}-P"] = (lambda k: lambda m, mel, tok, opt: adml.decode(m, mel, tok, opt, adapters=stacks[k]))(k)
