@@ -70,8 +70,7 @@ def domain_table(results, systems: list[tuple[str, str]]) -> str:
 
 def das_label(results) -> str:
     """"DAS (τ = 0.025)", with the reading of Eq. (3) when the tune stage chose `max-only`."""
-    config = next((r.get("config") for (system, _), r in results.items() if system == "DAS" and r.get("config")),
-                  {"tau": 0.025, "strategy": "das"})
+    config = das_config(results)
     reading = "" if config["strategy"] == "das" else f", {config['strategy']}"
     return f"DAS (τ = {config['tau']:g}{reading})"
 
@@ -99,15 +98,24 @@ def table5(results) -> str:
     return table(["model", *OOD, "all real speech (pooled)"], rows)
 
 
+def das_config(results) -> dict:
+    """DAS's τ and strategy as scored (the tune stage's choice; the defaults before it)."""
+    return next((r["config"] for (system, _), r in results.items() if system == "DAS" and r.get("config")),
+                {"tau": 0.025, "strategy": "das"})
+
+
 def tau_name(results, t: float) -> str:
     """The system scored at τ = t: "DAS" itself at its own τ, else "DAS tau=t"."""
-    das = next((r.get("config") for (system, _), r in results.items() if system == "DAS" and r.get("config")), None)
-    return "DAS" if t == (das["tau"] if das else 0.025) else f"DAS tau={t:g}"
+    return "DAS" if t == das_config(results)["tau"] else f"DAS tau={t:g}"
+
+
+def sweep_taus(results) -> list[float]:
+    return sorted(set(TAUS) | {das_config(results)["tau"]})
 
 
 def tau_table(results) -> str:
     rows = []
-    for t in TAUS:
+    for t in sweep_taus(results):
         s = tau_name(results, t)
         rows.append([f"{t:g}"] + [cell(wer(results, s, d), wer(results, "original", d)) for d in DOMAINS]
                     + [cell(mean(results, s, DOMAINS), mean(results, "original", DOMAINS)),
@@ -198,10 +206,11 @@ def plots(run: Path, results) -> str:
     plt.close(fig)
     # 2. τ sweep.
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = list(range(len(TAUS)))
-    ax.plot(xs, [mean(results, tau_name(results, t), DOMAINS) for t in TAUS], "o-", label="in-domain mean")
-    ax.plot(xs, [pooled(results, tau_name(results, t), OOD) for t in TAUS], "s-", label="real speech (pooled)")
-    ax.set_xticks(xs, [f"{t:g}" for t in TAUS])
+    taus = sweep_taus(results)
+    xs = list(range(len(taus)))
+    ax.plot(xs, [mean(results, tau_name(results, t), DOMAINS) for t in taus], "o-", label="in-domain mean")
+    ax.plot(xs, [pooled(results, tau_name(results, t), OOD) for t in taus], "s-", label="real speech (pooled)")
+    ax.set_xticks(xs, [f"{t:g}" for t in taus])
     ax.set_xlabel("τ")
     ax.set_ylabel("WER %")
     ax.set_title("DAS: the confidence threshold τ")

@@ -71,6 +71,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     tmp.replace(path)
 
+
 # ---------------------------------------------------------------- data
 
 
@@ -97,7 +98,7 @@ def stage_generate(args, run: Path) -> None:
     speak_fortunes(args, run)
     if jobs and args.llm_url is None:
         run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / "llm_server.log", {**os.environ, "PORT": port})
-    # All six runs at once keep the LLM server busy while the others speak their texts.
+    # All runs at once keep the LLM server busy while the others speak their texts.
     procs = [(start_logged(cmd, logfile), logfile) for cmd, logfile in jobs]
     failed = [str(lf) for p, lf in procs if p.wait() != 0]
     if failed:

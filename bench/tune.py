@@ -31,7 +31,7 @@ from pathlib import Path
 from reproduce import Scorer, model_file
 from study_data import DOMAINS, OOD_VAL, OOD_VALS, log, read_rows
 
-TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1)
+TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3)
 READINGS = ("das", "max-only")
 MAX_OOD_RISE = 0.02
 
