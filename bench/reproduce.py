@@ -261,7 +261,8 @@ def stage_eval(args, run: Path) -> None:
     # still answers them; single-domain models on real speech come last.
     todo = [(system, s) for system in systems(run) for s in sets
             if not Scorer.is_done(run / "eval" / system[0] / f"{s}.json", Scorer.config(*system[1:]))
-            and any(fnmatch.fnmatch(system[0], pattern) for pattern in args.systems.split(","))]
+            and any(fnmatch.fnmatch(system[0], pattern) for pattern in args.systems.split(","))
+            and any(fnmatch.fnmatch(s, pattern) for pattern in args.sets.split(","))]
     todo.sort(key=lambda pair: pair[1] in OOD_SETS and pair[0][0].split("-")[-1] in DOMAINS)
     scorer = Scorer(args, run) if todo else None
     for (name, kind, files, tau, strategy), s in todo:
@@ -300,6 +301,7 @@ def main() -> int:
     p.add_argument("--ft-lrs", default="1e-5,3e-5", help="full fine-tuning learning-rate grid, first domain")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
     p.add_argument("--systems", default="*", help="eval: only systems matching these comma-separated globs")
+    p.add_argument("--sets", default="*", help="eval: only test sets matching these comma-separated globs")
     p.add_argument("--table6-quick", action="store_true", help="Table VI with bench/adml.py --quick (k = 1, 3, 25)")
     p.add_argument("--llm-url", default=None, help="OpenAI-compatible LLM (default: start bench/llm_server.sh)")
     args = p.parse_args()
