@@ -168,7 +168,16 @@ def data_section(run: Path) -> str:
     test_voices = sorted({v for s in sizes.values() for v in s["test_voices"]})
     return (table(["domain", "train utts", "val utts", "train min", "test utts", "test dropped (text in train)",
                    "test min"], rows)
-            + f"\n\nTraining voices: {', '.join(voices)}. Test voices: {', '.join(test_voices)}.")
+            + f"\n\nTraining voices: {', '.join(voices)}. Test voices: {', '.join(test_voices)}."
+            + "\n" + "".join(ood_val_line(p) for p in sorted((run / "data" / "val_ood").glob("*/manifest.jsonl"))))
+
+
+def ood_val_line(manifest: Path) -> str:
+    """One out-of-domain validation set (the tune stage's): its size and voices."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    voices = sorted({r["voice"] for r in rows})
+    return (f"\n- out-of-domain validation set {manifest.parent.name}: {len(rows)} utterances, "
+            f"{sum(r['duration'] for r in rows) / 60:.1f} min, voices {', '.join(voices)}.")
 
 
 def models_section(run: Path) -> str:
@@ -176,7 +185,8 @@ def models_section(run: Path) -> str:
     for path in sorted((run / "models").glob("*.done.json")):
         d = json.loads(path.read_text())
         rows.append([d["name"], d["method"], "+".join(d["data"]), f"{d['lr']:g}", f"{d['val_loss']:.4f}",
-                     f"{d['best_step']}/{d['total_steps']}", f"{d['seconds'] / 60:.1f}"])
+                     f"{d['best_step']}/{d['total_steps']}",
+                     "-" if d.get("seconds") is None else f"{d['seconds'] / 60:.1f}"])
     return table(["run", "method", "data", "lr", "best val loss", "best step / steps", "minutes"], rows)
 
 
