@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import adml
+import das as cli
 import lora
 import whisper_min
 from evaluate import word_errors
@@ -40,7 +41,8 @@ def test_adapters_load_for_the_shipped_base(base):
 def test_das_moves_examples_toward_their_references(base):
     tokenizer = whisper_min.get_tokenizer("base", language="en")
     options = whisper_min.DecodingOptions(language="en", without_timestamps=True)
-    das_decode = adml.make_decoder(base, [str(p) for p in ADAPTERS])
+    das_decode = adml.make_decoder(base, [str(p) for p in ADAPTERS], tau=cli.DEFAULT_TAU,
+                                   strategy=cli.DEFAULT_STRATEGY)  # what `das.py transcribe` runs
     errors = {}
     for clip, ref in references().items():
         audio = whisper_min.load_audio(str(clip))
