@@ -23,6 +23,13 @@ def load_results(run: Path) -> dict[tuple[str, str], dict]:
     for path in sorted((run / "eval").glob("*/*.json")):
         r = json.loads(path.read_text())
         out[(r["system"], r["test_set"])] = r
+    # A τ-sweep score made with other adapters or another reading than DAS's (a sweep still
+    # being redone after the tune stage changed its choice) is left out, not mixed in.
+    das = next((r["config"] for (system, _), r in out.items() if system == "DAS" and r.get("config")), None)
+    if das:
+        same = {k: das[k] for k in ("files", "strategy")}
+        out = {key: r for key, r in out.items() if not key[0].startswith("DAS tau=")
+               or {k: r.get("config", {}).get(k) for k in same} == same}
     return out
 
 

@@ -149,3 +149,16 @@ def test_systems_follow_the_tuned_choice(tmp_path):
     assert "DAS tau=0.05" not in systems and systems["DAS tau=0.025"][3:] == (0.025, "max-only")
     assert [f.name for f in systems["lora-music"][2]] == ["lora-music-lr0.0003.st"]  # single models: by loss
     assert tune.chosen(run)["tau"] == 0.05
+
+
+def test_report_leaves_out_a_stale_tau_sweep(tmp_path):
+    run = tmp_path / "run"
+    das = {"kind": "adml", "files": ["a.st"], "tau": 0.025, "strategy": "max-only"}
+    for system, config in (("original", None), ("DAS", das), ("DAS tau=0", {**das, "tau": 0.0}),
+                           ("DAS tau=0.1", {**das, "tau": 0.1, "strategy": "das"})):  # made before the tune stage
+        study_data.write_rows(run / "eval" / system / "music.json", [{
+            "system": system, "test_set": "music", "wer": 10.0, "substitutions": 10, "deletions": 0,
+            "insertions": 0, "ref_words": 100, "config": config}])
+    results = report.load_results(run)
+    assert ("DAS tau=0", "music") in results and ("DAS tau=0.1", "music") not in results
+    assert report.das_label(results) == "DAS (τ = 0.025, max-only)"
