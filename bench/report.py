@@ -141,7 +141,8 @@ def tune_section(run: Path) -> str:
     rows = [["original", "-", "-"] + [f"{t['original'][s]:.2f}" for s in sets] + [
         f"{sum(t['original'][d] for d in DOMAINS) / len(DOMAINS):.2f}"]]
     for c in t["candidates"]:
-        rows.append([f"{c['lr']:g}", c["strategy"], f"{c['tau']:g}"] + [cell(c["wer"][s], t["original"][s]) for s in sets]
+        rows.append([f"{c['lr']:g}", c["strategy"], f"{c['tau']:g}"]
+                    + [cell(c["wer"][s], t["original"][s]) for s in sets]
                     + [cell(sum(c["wer"][d] for d in DOMAINS) / len(DOMAINS),
                             sum(t["original"][d] for d in DOMAINS) / len(DOMAINS))])
     chosen = t["chosen"]

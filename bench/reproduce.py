@@ -12,8 +12,8 @@ at most the item or model in progress (generation and training resume inside tha
   generate  datagen, through the local LLM server (bench/llm_server.sh) unless --llm-url is
             given: training texts spoken by TRAIN_VOICES, and from a separate run (other seed)
             test texts spoken only by TEST_VOICES, an engine and voices training never uses;
-            and an out-of-domain validation set for the tune stage (everyday topics, voices
-            of its own: bench/tune.py).
+            and the tune stage's two out-of-domain validation sets, everyday requests from the
+            LLM and fortunes-min sentences, in a voice of their own (bench/study_data.py).
   split     10% of each domain's training items (by a hash of the text) become validation;
             test items whose text also occurs in any training set are dropped.
   ood       manifests of real speech: pocketsphinx LibriVox and cards, and the Asterisk prompts.
@@ -266,7 +266,8 @@ def stage_eval(args, run: Path) -> None:
     todo.sort(key=lambda pair: pair[1] in OOD_SETS and pair[0][0].split("-")[-1] in DOMAINS)
     scorer = Scorer(args, run) if todo else None
     for (name, kind, files, tau, strategy), s in todo:
-        scorer.score(name, Scorer.config(kind, files, tau, strategy), files, sets[s], s, run / "eval" / name / f"{s}.json")
+        config = Scorer.config(kind, files, tau, strategy)
+        scorer.score(name, config, files, sets[s], s, run / "eval" / name / f"{s}.json")
 
 
 def stage_table6(args, run: Path) -> None:
@@ -323,7 +324,8 @@ def main() -> int:
             t = time.time()
             log(f"stage {stage}")
             {"generate": stage_generate, "split": stage_split, "ood": stage_ood, "train": stage_train,
-             "tune": tune.stage_tune, "eval": stage_eval, "table6": stage_table6, "report": lambda a, r: report.write(r)}[stage](args, run)
+             "tune": tune.stage_tune, "eval": stage_eval, "table6": stage_table6,
+             "report": lambda a, r: report.write(r)}[stage](args, run)
             log(f"stage {stage} done in {time.time() - t:.0f} s")
     return 0
 

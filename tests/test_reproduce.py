@@ -44,7 +44,8 @@ def test_split_keeps_test_texts_out_of_training(tmp_path):
         assert [r["text"] for r in test] == [f"a new {d} question"]  # the training text and the repeat dropped
         assert sizes[d]["test_dropped_overlap"] == 2
     multi = study_data.read_rows(run / "data" / "train" / "val_multi.jsonl")
-    assert len(multi) == sum(sizes[d]["val"] for d in study_data.DOMAINS) and all(Path(r["audio"]).is_absolute() for r in multi)
+    assert len(multi) == sum(sizes[d]["val"] for d in study_data.DOMAINS)
+    assert all(Path(r["audio"]).is_absolute() for r in multi)
 
 
 def test_ood_manifests(tmp_path, monkeypatch):
