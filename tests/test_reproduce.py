@@ -163,3 +163,14 @@ def test_report_leaves_out_a_stale_tau_sweep(tmp_path):
     results = report.load_results(run)
     assert ("DAS tau=0", "music") in results and ("DAS tau=0.1", "music") not in results
     assert report.das_label(results) == "DAS (τ = 0.025, max-only)"
+
+
+def test_a_score_is_redone_when_its_system_changes(tmp_path):
+    out = tmp_path / "eval" / "DAS" / "music.json"
+    config = reproduce.Scorer.config("adml", [Path("m/lora-music-lr0.0003.st")], 0.025, "das")
+    assert config["files"] == ["lora-music-lr0.0003.st"]
+    assert not reproduce.Scorer.is_done(out, config)
+    study_data.write_rows(out, [{"system": "DAS", "wer": 5.0, "config": config}])
+    assert reproduce.Scorer.is_done(out, config)
+    assert not reproduce.Scorer.is_done(out, {**config, "strategy": "max-only"})
+    assert not reproduce.Scorer.is_done(out, {**config, "files": ["lora-music-lr0.0001.st"]})
