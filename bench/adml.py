@@ -120,12 +120,12 @@ def main() -> None:
     wavs = sorted(LIBRIVOX.glob("*.wav"))[: args.clips]
     audios = [torch.from_numpy(whisper_min.load_audio(str(w))) for w in wavs]
     seconds = sum(len(a) for a in audios) / 16000
-    ks = [int(k) for k in args.ks.split(",")]
-    stacks = {k: adml.stack_adapters(random_adapters(model, k, args.rank), model) for k in ks}
-
     if args.profile:
         profile(model, tokenizer, audios[0], args.profile, args.rank)
         return
+    ks = [int(k) for k in args.ks.split(",")]
+    stacks = {k: adml.stack_adapters(random_adapters(model, k, args.rank), model) for k in ks}
+
     configs = {"original": decode}
     for k in ks:
         configs[f"{k}-P"] = (lambda k: lambda m, mel, tok, opt: adml.decode(m, mel, tok, opt, adapters=stacks[k]))(k)
