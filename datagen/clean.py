@@ -21,6 +21,7 @@ _DECORATION = re.compile(
         [-*•·>]+\s*                        # bullets
       | \(?\d{1,3}\s*[.):\]]\s*            # 1. 1) (1) 1:
       | (?:question|request|q|answer|user|text|chatbot|example)\s*\d*\s*[:.-]\s*   # "Question 3:", "Q:", "User:"
+      | a\s*:\s*                          # "A:" (a colon only: "A-list" and "A. Lincoln" stay)
     )+""", re.IGNORECASE | re.VERBOSE)
 _QUOTES = "\"'“”‘’`*_"
 # Common English function words: a real English sentence of 3+ words nearly always has one.
