@@ -25,7 +25,7 @@ def load_results(run: Path) -> dict[tuple[str, str], dict]:
         out[(r["system"], r["test_set"])] = r
     # A τ-sweep score made with other adapters or another reading than DAS's (a sweep still
     # being redone after the tune stage changed its choice) is left out, not mixed in.
-    das = next((r["config"] for (system, _), r in out.items() if system == "DAS" and r.get("config")), None)
+    das = scored_das_config(out)
     if das:
         same = {k: das[k] for k in ("files", "strategy")}
         out = {key: r for key, r in out.items() if not key[0].startswith("DAS tau=")
@@ -105,10 +105,14 @@ def table5(results) -> str:
     return table(["model", *OOD, "all real speech (pooled)"], rows)
 
 
+def scored_das_config(results) -> dict | None:
+    """The config DAS's scores record (None for scores made before configs were recorded)."""
+    return next((r["config"] for (system, _), r in results.items() if system == "DAS" and r.get("config")), None)
+
+
 def das_config(results) -> dict:
     """DAS's τ and strategy as scored (the tune stage's choice; the defaults before it)."""
-    return next((r["config"] for (system, _), r in results.items() if system == "DAS" and r.get("config")),
-                {"tau": 0.025, "strategy": "das"})
+    return scored_das_config(results) or {"tau": 0.025, "strategy": "das"}
 
 
 def tau_name(results, t: float) -> str:
