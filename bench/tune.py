@@ -89,11 +89,12 @@ def stage_tune(args, run: Path) -> None:
         return
     rows_of = {n: read_manifest(p) for n, p in sets.items()}
     rows_of[OOD_VAL] = rows_of[OOD_VAL][: args.ood_val_count]  # a longer manifest may have been made
-    scorer, waiting = None, [lr for lr in args.lora_lrs if das_files(run, lr) is None]
+    files_at = {lr: das_files(run, lr) for lr in args.lora_lrs}
+    scorer, waiting = None, [lr for lr, files in files_at.items() if files is None]
     todo = [("original", Scorer.config("base", [], 0.0), [])]
     for c in candidates(args):
         if c["lr"] not in waiting:
-            files = das_files(run, c["lr"])
+            files = files_at[c["lr"]]
             todo.append((label(c), Scorer.config("adml", files, c["tau"], c["strategy"]), files))
     for name, config, files in todo:
         for s, rows in rows_of.items():
