@@ -2,7 +2,8 @@
 
 The base model (stream 0) and k domain adapters (streams 1..k) decode one shared token
 sequence. At every step each stream proposes its best next token next_i with confidence
-c_i, its largest softmax probability (Algorithm 1), and `select` picks one (Eq. 3).
+c_i, its largest softmax probability (Algorithm 1), and `adml_select.select` picks one
+(Eq. 3).
 
 One decoder forward per step serves all k + 1 streams. Their rows are stacked stream-major,
 row s * U + u for stream s and utterance u, so each stream keeps its own self-attention KV
@@ -32,73 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adml_select import ENDS, STRATEGIES, base_ends, check_options, check_tau, select  # noqa: F401 (adml's API)
 from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, pick
 from whisper_min.model import KVCache, MultiHeadAttention, Whisper
 from whisper_min.tokenizer import Tokenizer
 
-STRATEGIES = ("das", "max-only", "base", "most-confident", "majority")
 AUDIO_SIDE = ("cross_attn.key", "cross_attn.value")  # these read the encoder output, not tokens
-
-
-# ---------------------------------------------------------------------------- selection
-
-
-def select(conf: Tensor, candidates: Tensor, tau: float = 0.025, strategy: str = "das") -> Tensor:
-    """Which stream's token to take: conf, candidates (S, U) -> stream index (U,).
-
-    `das` is Eq. (3). With c_0 the base's confidence, the rule fires when
-    max_i c_i - c_0 >= tau (some stream is clearly surer than the base) or
-    min_i c_i - c_0 <= -tau (some stream is clearly less sure). Each condition names a
-    stream: the most confident one and the least confident one.
-      both hold      -> the most confident stream (the paper: "prioritize the maximum");
-      only max holds -> the most confident stream;
-      only min holds -> the least confident stream. The paper leaves this case open. Our
-                        reading: the condition that fired picks the word it names, as in
-                        the max-only case; an adapter that loses confidence where the base
-                        is sure flags a word its domain spells or segments differently;
-      neither        -> the base (stream 0).
-    Ties go to the lowest stream index, so the base wins a tie. As c_i is in (0, 1], a tau
-    above 1 never fires and always gives the base; tau = 0 always takes the most confident.
-
-    `max-only` is Eq. (3) without its min-condition: the most confident stream when it beats
-    the base by tau, else the base. It is the other reading of the min-only case (the base
-    keeps its word), kept so that a study can choose between the two on validation data.
-
-    Ablations the paper compared: `base` (always stream 0), `most-confident` (argmax c_i),
-    `majority` (the token most streams propose; a tie goes to the base's token if it is
-    among the tied, else to the tied token proposed with the highest confidence).
-    """
-    if strategy == "base":
-        return torch.zeros_like(candidates[0])
-    most = conf.argmax(dim=0)  # first index among equals: the base wins ties
-    if strategy == "most-confident":
-        return most
-    if strategy in ("das", "max-only"):
-        c0 = conf[0]
-        up = conf.max(dim=0).values - c0 >= tau
-        zero = torch.zeros_like(most)
-        if strategy == "max-only":
-            return torch.where(up, most, zero)
-        down = conf.min(dim=0).values - c0 <= -tau
-        return torch.where(up, most, torch.where(down, conf.argmin(dim=0), zero))
-    if strategy == "majority":
-        votes = (candidates[None] == candidates[:, None]).sum(dim=1)  # (S, U): streams agreeing with s
-        tied = votes == votes.max(dim=0).values
-        key = torch.where(tied, conf, torch.full_like(conf, -1.0))
-        key[0] = torch.where(tied[0], 2.0, -1.0)  # 2 > any confidence: the base wins its ties
-        return key.argmax(dim=0)
-    raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
-
-
-def check_tau(tau) -> float:
-    """tau as a float, or a ValueError that says what is wrong with it."""
-    try:
-        value = float(tau)
-    except (TypeError, ValueError):
-        raise ValueError(f"tau must be a number, not {tau!r}") from None
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"tau must be >= 0, not {tau!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------- adapters
@@ -356,8 +296,8 @@ class BatchedStreams:
 
 
 def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: DecodingOptions, n_vocab: int,
-        n_text_ctx: int, tau: float, strategy: str) -> list[DecodingResult]:
-    """Algorithm 1 for U utterances. `streams` (BatchedStreams, or the reference's
+        n_text_ctx: int, tau: float, strategy: str, end: str = "any") -> list[DecodingResult]:
+    """Algorithm 1 for U utterances (end="base": with `base_ends` after `select`). `streams` (BatchedStreams, or the reference's
     SequentialStreams) has `prefill(tokens)` and `step(token, offset)` giving every stream's
     next-token logits (S, U, V); all the rest is shared, so the two differ only there."""
     U = audio_features.shape[0]
@@ -382,6 +322,8 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
         logprobs = F.log_softmax(flat.float(), dim=-1).view(S, U, -1)  # (S, U, V)
         conf = logprobs.max(dim=-1).values.exp()  # c_i: the largest softmax probability
         chosen = select(conf, candidates, tau, strategy)  # (U,)
+        if end == "base":
+            chosen = base_ends(chosen, candidates, eot)
         next_tokens = candidates[chosen, rows]
         finished = tokens[:, -1] == eot
         sum_logprobs += logprobs[chosen, rows, next_tokens] * ~finished
@@ -413,40 +355,39 @@ def _audio_features(model: Whisper, mel: Tensor, audio_features: Tensor | None) 
 @torch.inference_mode()
 def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
            audio_features: Tensor | None = None, adapters=(), tau: float = 0.025,
-           strategy: str = "das") -> list[DecodingResult]:
+           strategy: str = "das", end: str = "any") -> list[DecodingResult]:
     """`whisper_min.decode` with k adapters decoded alongside the base (batched, one pass).
 
     adapters: Adapter objects (`.name`, `.deltas`), deltas dicts, or a StackedAdapters made
     once by `stack_adapters` (saves restacking per window). k = 0 is plain decoding exactly.
     `stream_tokens` in each result counts the tokens each stream chose (base first). With
     temperature > 0 each stream samples its candidate and Eq. (3) picks among them by the
-    same confidences; the log-probability summed is the chosen stream's.
+    same confidences; the log-probability summed is the chosen stream's. end="base": only
+    the base may end the transcript (`base_ends`); "any" is Algorithm 1 as written.
     The model's decoder modules are swapped for the duration and restored, even on error;
     do not decode with the same model object from two threads at once.
     """
-    tau = check_tau(tau)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
+    tau = check_options(tau, strategy, end)
     stack = stack_adapters(adapters, model)
     features = _audio_features(model, mel, audio_features)
     with swapped(model, multi_lora_modules(model, stack) if stack.k else {}):
         streams = BatchedStreams(model, stack.k, features)
-        return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy)
+        return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy,
+                   end)
 
 
-def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das", single: str = "lora"):
+def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das", single: str = "lora",
+                 end: str = "any"):
     """Adapter files -> a `decode_fn(model, mel, tokenizer, options, audio_features=None)` for
     `whisper_min.transcribe`. Loads each adapter once (lora.load_adapter raises for a file made
-    for another base model); raises ValueError for a file given twice, a bad tau or strategy.
+    for another base model); raises ValueError for a file given twice, a bad tau, strategy or end.
     One file with single="lora" is plain decoding with that adapter merged in (the issue's
     "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead."""
     import os
 
     import lora  # only here: adml itself works on any Adapter-like objects
 
-    tau = check_tau(tau)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
+    tau = check_options(tau, strategy, end)
     real = [os.path.realpath(p) for p in paths]
     dupes = sorted({p for p, r in zip(paths, real) if real.count(r) > 1})
     if dupes:
@@ -459,7 +400,8 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
             return decode_merged(model, mel, tokenizer, options, audio_features, stack)
     else:
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
-            return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy)
+            return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy,
+                          end=end)
 
     decode_fn.adapter_names = stack.names
     return decode_fn

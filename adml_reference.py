@@ -10,7 +10,7 @@ Table VI times as "sequential". Letters as in adml.py.
 import torch
 from torch import Tensor, nn
 
-from adml import MergedLinear, _audio_features, check_tau, run, swapped
+from adml import MergedLinear, _audio_features, check_options, run, swapped
 from whisper_min.decoding import DecodingOptions, DecodingResult
 from whisper_min.model import Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -68,10 +68,10 @@ class SequentialStreams:
 @torch.inference_mode()
 def decode_sequential(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
                       audio_features: Tensor | None = None, adapters=(), tau: float = 0.025, strategy: str = "das",
-                      merged: bool = False) -> list[DecodingResult]:
+                      merged: bool = False, end: str = "any") -> list[DecodingResult]:
     """The reference for `decode`: every adapter's model run on its own at each step,
     as base + B (A x) or, with merged=True, with W0 + B A merged into the weights."""
-    tau = check_tau(tau)
+    tau = check_options(tau, strategy, end)
     features = _audio_features(model, mel, audio_features)
     streams = SequentialStreams(model, adapters, features, merged)
-    return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy)
+    return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy, end)

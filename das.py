@@ -11,12 +11,13 @@ import json
 import sys
 import time
 
-from adml import STRATEGIES, check_tau
+from adml import ENDS, STRATEGIES, check_tau
 
 # ADML's defaults: the setting bench/reproduce.py's tune stage chose for the shipped adapters
 # on validation speech (RESULTS.md). max-only is Eq. (3) without its min-condition; the paper
 # leaves open what that condition picks, and `--strategy das` is our literal reading of it.
 DEFAULT_TAU, DEFAULT_STRATEGY = 0.025, "max-only"
+DEFAULT_END = "any"
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="ADML token selection: max-only (default; an adapter's token when it is surer than the "
                         "base by τ, else the base's), das (Eq. (3) as written: also the least sure stream's token "
                         "when one is less sure than the base by τ), or an ablation")
+    p.add_argument("--end", default=DEFAULT_END, choices=ENDS,
+                   help="which streams may end the transcript: any (default; Algorithm 1 as written) or base (an "
+                        "adapter's end-of-text is never taken, and the base's always is)")
 
 
 def tau_argument(value: str) -> float:
@@ -110,7 +114,7 @@ def load_decoder(args, model):
     paths = [p.strip() for p in args.loras.split(",") if p.strip()]
     if not paths:
         return decode
-    return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy)
+    return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy, end=args.end)
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """ADML: the batched one-pass decoder against the naive per-adapter models, at three levels
-(logits within a stated fp32 tolerance, token ids equal, text equal), plus every branch of
-the selection rule with hand-made logits.
+(logits within a stated fp32 tolerance, token ids equal, text equal). The selection rule's
+branches are in test_adml_select.py.
 
 Fast tests use a tiny random Whisper with the real multilingual tokenizer; the slow ones
 use the embedded base weights on pocketsphinx speech.
@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import adml
 import adml_reference
@@ -194,6 +193,53 @@ def test_batched_equals_sequential_tokens_and_text(tiny, tokenizer, strategy):
         assert any(sum(r.stream_tokens[1:]) > 0 for r in got)
 
 
+def test_end_base_batched_equals_sequential_and_ends_with_the_base(tiny, tokenizer):
+    adapters, audio = tiny_adapters(tiny), tiny_features(U=2)
+    got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0, end="base")
+    ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
+                                           tau=0.0, end="base")
+    assert [r.tokens for r in got] == [r.tokens for r in ref] and [r.text for r in got] == [r.text for r in ref]
+    assert any(sum(r.stream_tokens[1:]) > 0 for r in got)  # the adapters still chose words
+
+
+class ScriptedStreams:
+    """Streams for `adml.run` whose next-token logits follow a script: at step t, stream s
+    proposes scripts[s][t] with logit heights[s] over a flat 0 (height 11 gives a confidence
+    of ~0.54 over the 51865-token vocabulary, 13 gives ~0.89)."""
+
+    def __init__(self, scripts, heights, V: int):
+        self.scripts, self.heights, self.V, self.t = scripts, heights, V, 0
+
+    def _next(self):
+        logits = torch.zeros(len(self.scripts), 1, self.V)  # (S, U=1, V)
+        for s, (script, height) in enumerate(zip(self.scripts, self.heights)):
+            logits[s, 0, script[min(self.t, len(script) - 1)]] = height
+        self.t += 1
+        return logits
+
+    def prefill(self, tokens):
+        return self._next(), torch.zeros(1, tokens.shape[1], self.V)
+
+    def step(self, token, offset):
+        return self._next()
+
+
+def test_end_base_keeps_a_sure_adapter_from_ending_the_transcript(tiny, tokenizer):
+    words = tokenizer.encode(" one two three")
+    eot, V = tokenizer.eot, tiny.dims.n_vocab
+    base = words + [eot]
+    adapter = words[:1] + [eot] * 3  # surer than the base that the transcript ends after "one"
+    options = DecodingOptions(sample_len=8, without_timestamps=True)
+
+    def decode_with(end):
+        streams = ScriptedStreams([base, adapter], [11.0, 13.0], V)
+        return adml.run(streams, torch.zeros(1, 4, 8), tokenizer, options, V, 448, 0.025, "max-only", end)[0]
+
+    assert decode_with("any").text == "one"
+    got = decode_with("base")
+    assert got.text == "one two three" and got.stream_tokens == [2, 1]  # "one" was the surer adapter's
+
+
 def test_tau_above_one_gives_the_base_transcript(tiny, tokenizer):
     audio = tiny_features(U=2)
     want = decode(tiny, None, tokenizer, OPTIONS, audio_features=audio)
@@ -219,73 +265,6 @@ def test_sampling_runs_and_counts(tiny, tokenizer):
     assert sum(r[0].stream_tokens) == len(r[0].tokens) and r[0].temperature == 0.7
 
 
-# ---------------------------------------------------------------------------- the selection rule
-
-
-def hand_made(conf_per_stream, tokens_per_stream, V: int = 8):
-    """Logits (S, 1, V) whose softmax peaks at the given token with the given probability,
-    turned into (conf, candidates) exactly as `adml.run` does."""
-    rows = []
-    for p, t in zip(conf_per_stream, tokens_per_stream):
-        probs = torch.full((V,), (1 - p) / (V - 1))
-        probs[t] = p
-        rows.append(probs.log())
-    logits = torch.stack(rows)[:, None]  # (S, U=1, V)
-    logprobs = F.log_softmax(logits, dim=-1)
-    return logprobs.max(dim=-1).values.exp(), logits.argmax(dim=-1)
-
-
-@pytest.mark.parametrize("confs, want_stream, case", [
-    ([0.50, 0.60, 0.40], 1, "both conditions: the maximum wins"),
-    ([0.50, 0.60, 0.49], 1, "max only"),
-    ([0.50, 0.51, 0.40], 2, "min only: the least confident stream (our reading)"),
-    ([0.50, 0.51, 0.49], 0, "neither: the base"),
-    ([0.50, 0.50, 0.50], 0, "all equal: the base"),
-    ([0.30, 0.90, 0.90], 1, "tie for the maximum: the lowest index"),
-    ([0.90, 0.91, 0.10], 2, "min only with a higher but close max"),
-])
-def test_das_rule_every_branch(confs, want_stream, case):
-    conf, cand = hand_made(confs, [1, 2, 3])
-    assert adml.select(conf, cand, tau=0.025, strategy="das").item() == want_stream, case
-
-
-@pytest.mark.parametrize("confs, want_stream", [
-    ([0.50, 0.60, 0.40], 1),  # both conditions: the maximum
-    ([0.50, 0.60, 0.49], 1),  # max only
-    ([0.50, 0.51, 0.40], 0),  # min only: the base keeps its word (where `das` takes stream 2)
-    ([0.50, 0.51, 0.49], 0),  # neither
-])
-def test_max_only_rule(confs, want_stream):
-    conf, cand = hand_made(confs, [1, 2, 3])
-    assert adml.select(conf, cand, tau=0.025, strategy="max-only").item() == want_stream
-
-
-def test_das_rule_at_the_threshold_and_beyond():
-    # confidences given directly, so that the differences are exact in binary
-    cand = torch.tensor([[1], [2], [3]])
-    conf = torch.tensor([[0.5], [0.5625], [0.5]])
-    assert adml.select(conf, cand, tau=0.0625).item() == 1  # >= tau fires at equality
-    conf = torch.tensor([[0.5], [0.5], [0.4375]])
-    assert adml.select(conf, cand, tau=0.0625).item() == 2  # <= -tau fires at equality
-    conf, cand = hand_made([0.01, 0.99, 0.001], [1, 2, 3])
-    assert adml.select(conf, cand, tau=1.01).item() == 0  # tau > 1 never fires
-    conf, cand = hand_made([0.5, 0.501, 0.3], [1, 2, 3])
-    assert adml.select(conf, cand, tau=0.0).item() == 1  # tau = 0: always the most confident
-
-
-def test_other_strategies():
-    conf, cand = hand_made([0.5, 0.9, 0.8, 0.4], [1, 2, 2, 1])
-    assert adml.select(conf, cand, strategy="base").item() == 0
-    assert adml.select(conf, cand, strategy="most-confident").item() == 1
-    assert adml.select(conf, cand, strategy="majority").item() == 0  # 2-2 tie: the base's token
-    conf, cand = hand_made([0.5, 0.6, 0.7, 0.4], [1, 2, 2, 3])
-    assert adml.select(conf, cand, strategy="majority").item() == 2  # token 2 by 2 votes, surest proposer
-    # several utterances at once: one column each
-    conf = torch.tensor([[0.5, 0.5], [0.9, 0.5], [0.1, 0.5]])
-    cand = torch.tensor([[1, 1], [2, 2], [3, 3]])
-    assert adml.select(conf, cand).tolist() == [1, 0]
-
-
 # ---------------------------------------------------------------------------- errors
 
 
@@ -306,6 +285,8 @@ def test_errors(tiny, tokenizer):
             adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], tau=bad)
     with pytest.raises(ValueError, match="strategy must be one of"):
         adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], strategy="vote")
+    with pytest.raises(ValueError, match="end must be one of any, base"):
+        adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], end="adapter")
     assert adml.check_tau("0.1") == 0.1 and adml.check_tau(float("inf")) == float("inf")
 
 

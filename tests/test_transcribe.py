@@ -113,3 +113,8 @@ def test_bad_tau_is_a_clear_error(capsys, real_clips):
     for tau in ("-0.1", "abc", "nan"):
         code, _, err = run_cli(capsys, "--model", "tiny.en", "--tau", tau, str(real_clips[0][0]))
         assert code == 2 and "--tau" in err
+
+
+def test_bad_end_is_a_clear_error(capsys, real_clips):
+    code, _, err = run_cli(capsys, "--model", "tiny.en", "--end", "adapter", str(real_clips[0][0]))
+    assert code == 2 and "--end" in err and "'any', 'base'" in err
