@@ -23,14 +23,18 @@ def load_results(run: Path) -> dict[tuple[str, str], dict]:
     for path in sorted((run / "eval").glob("*/*.json")):
         r = json.loads(path.read_text())
         out[(r["system"], r["test_set"])] = r
-    # A τ-sweep score made with other adapters or another reading than DAS's (a sweep still
+    # A τ-sweep score made with other adapters, reading or end rule than DAS's (a sweep still
     # being redone after the tune stage changed its choice) is left out, not mixed in.
     das = scored_das_config(out)
     if das:
-        same = {k: das[k] for k in ("files", "strategy")}
         out = {key: r for key, r in out.items() if not key[0].startswith("DAS tau=")
-               or {k: r.get("config", {}).get(k) for k in same} == same}
+               or sweep_key(r.get("config") or {}) == sweep_key(das)}
     return out
+
+
+def sweep_key(config: dict) -> tuple:
+    """What DAS and its τ sweep share: the adapters, the reading of Eq. (3), the end rule."""
+    return config.get("files"), config.get("strategy"), config.get("end", "any")
 
 
 def pooled(results: dict, system: str, sets) -> float | None:
@@ -76,10 +80,12 @@ def domain_table(results, systems: list[tuple[str, str]]) -> str:
 
 
 def das_label(results) -> str:
-    """"DAS (τ = 0.025)", with the reading of Eq. (3) when the tune stage chose `max-only`."""
+    """"DAS (τ = 0.025)", with the reading of Eq. (3) when the tune stage chose `max-only`
+    and the end rule when it chose `base`."""
     config = das_config(results)
     reading = "" if config["strategy"] == "das" else f", {config['strategy']}"
-    return f"DAS (τ = {config['tau']:g}{reading})"
+    end = "" if config.get("end", "any") == "any" else f", {config['end']} ends"
+    return f"DAS (τ = {config['tau']:g}{reading}{end})"
 
 
 def table4(results) -> str:
@@ -140,20 +146,33 @@ def tune_section(run: Path) -> str:
     if not path.is_file():
         return "(not run yet: stage tune)"
     t = json.loads(path.read_text())
-    sets = list(t["original"])
-    ood = [s for s in sets if s not in DOMAINS]
-    rows = [["original", "-", "-"] + [f"{t['original'][s]:.2f}" for s in sets] + [
-        f"{sum(t['original'][d] for d in DOMAINS) / len(DOMAINS):.2f}"]]
-    for c in t["candidates"]:
-        rows.append([f"{c['lr']:g}", c["strategy"], f"{c['tau']:g}"]
-                    + [cell(c["wer"][s], t["original"][s]) for s in sets]
-                    + [cell(sum(c["wer"][d] for d in DOMAINS) / len(DOMAINS),
-                            sum(t["original"][d] for d in DOMAINS) / len(DOMAINS))])
-    chosen = t["chosen"]
+    first, chosen = t.get("first", t["chosen"]), t["chosen"]
     sizes = ", ".join(f"{s} {n}" for s, n in t["sizes"].items())
-    return (f"Validation WER (utterances: {sizes}; out of domain: {', '.join(ood)}).\n\n"
-            + table(["LoRA lr", "reading", "τ", *sets, "in-domain mean"], rows)
-            + f"\n\nChosen: lr {chosen['lr']}, {chosen['strategy']}, τ = {chosen['tau']:g}: {chosen['why']}.")
+    out = (f"Validation WER (utterances or clips: {sizes}).\n\nStep 1, on the short sets:\n\n"
+           + tune_table(t["candidates"], t["original"], ["lr", "strategy", "tau"], ["LoRA lr", "reading", "τ"])
+           + f"\n\nStep 1 chose: lr {first['lr']}, {first['strategy']}, τ = {first['tau']:g}: {first['why']}.")
+    if "end_candidates" in t:
+        out += (f"\n\nStep 2, at lr {first['lr']} and {first['strategy']}, on the short and long-form sets:\n\n"
+                + tune_table(t["end_candidates"], t["original_all"], ["tau", "end"], ["τ", "who ends"])
+                + f"\n\nChosen: lr {chosen['lr']}, {chosen['strategy']}, τ = {chosen['tau']:g}, "
+                  f"{chosen.get('end', 'any')} may end the transcript: {chosen['why']}.")
+    return out
+
+
+def tune_table(candidates: list[dict], original: dict, keys: list[str], header: list[str]) -> str:
+    """One step's candidates: their settings, WER per validation set and in-domain mean."""
+    sets = list(original)
+    ind = [s for s in sets if s in DOMAINS or s == "long-domains"]  # tune.IN_DOMAIN
+
+    def in_mean(wers):
+        return sum(wers[s] for s in ind) / len(ind)
+
+    rows = [["original"] + ["-"] * (len(keys) - 1) + [f"{original[s]:.2f}" for s in sets]
+            + [f"{in_mean(original):.2f}"]]
+    for c in candidates:
+        rows.append([f"{c[k]:g}" if isinstance(c[k], float) else str(c[k]) for k in keys]
+                    + [cell(c["wer"][s], original[s]) for s in sets] + [cell(in_mean(c["wer"]), in_mean(original))])
+    return table(header + sets + ["in-domain mean"], rows)
 
 
 def table6(run: Path) -> str:

@@ -135,25 +135,27 @@ def test_sets(run: Path) -> dict[str, Path]:
     return sets
 
 
-def systems(run: Path) -> list[tuple[str, str, list[Path], float, str]]:
-    """(name, kind, files, τ, strategy) of every system whose models exist. DAS and its τ
-    sweep use the learning rate and reading of Eq. (3) the tune stage chose on validation
-    data (before it has run: each domain's adapter by validation loss, `das`, τ = 0.025)."""
+def systems(run: Path) -> list[tuple[str, str, list[Path], float, str, str]]:
+    """(name, kind, files, τ, strategy, end) of every system whose models exist. DAS and its
+    τ sweep use the learning rate, reading of Eq. (3) and end rule the tune stage chose on
+    validation data (before it has run: each domain's adapter by validation loss, `das`,
+    τ = 0.025, any stream may end)."""
     import tune
 
-    out = [("original", "base", [], 0.0, "das")]
-    choice = tune.chosen(run) or {"lr": None, "strategy": "das", "tau": 0.025}
+    out = [("original", "base", [], 0.0, "das", "any")]
+    choice = {"lr": None, "strategy": "das", "tau": 0.025, "end": "any", **(tune.chosen(run) or {})}
     loras = tune.das_files(run, choice["lr"])
     if loras:
-        out += [("DAS", "adml", loras, choice["tau"], choice["strategy"])]
+        out += [("DAS", "adml", loras, choice["tau"], choice["strategy"], choice["end"])]
     for name in ("lora-multi",) + tuple(f"lora-{d}" for d in DOMAINS):
         if model_file(run, name):
-            out.append((name, "lora", [model_file(run, name)], 0.0, "das"))
+            out.append((name, "lora", [model_file(run, name)], 0.0, "das", "any"))
     if loras:
-        out += [(f"DAS tau={t:g}", "adml", loras, t, choice["strategy"]) for t in TAUS if t != choice["tau"]]
+        out += [(f"DAS tau={t:g}", "adml", loras, t, choice["strategy"], choice["end"]) for t in TAUS
+                if t != choice["tau"]]
     for name in ("ft-multi",) + tuple(f"ft-{d}" for d in DOMAINS) + (f"ft-last3-{DOMAINS[0]}", f"ft-enc-dec-{DOMAINS[0]}"):
         if model_file(run, name):
-            out.append((name, "finetune", [model_file(run, name)], 0.0, "das"))
+            out.append((name, "finetune", [model_file(run, name)], 0.0, "das", "any"))
     return out
 
 
@@ -188,8 +190,9 @@ class Scorer:
         return self.audio[path]
 
     @staticmethod
-    def config(kind: str, files, tau: float, strategy: str = "das") -> dict:
-        return {"kind": kind, "files": [Path(f).name for f in files], "tau": tau, "strategy": strategy}
+    def config(kind: str, files, tau: float, strategy: str = "das", end: str = "any") -> dict:
+        config = {"kind": kind, "files": [Path(f).name for f in files], "tau": tau, "strategy": strategy}
+        return config if end == "any" else {**config, "end": end}  # scores made before `end` stay valid
 
     @staticmethod
     def is_done(out: Path, config: dict) -> bool:
@@ -208,7 +211,7 @@ class Scorer:
             model, decode_fn, kind = self.base, whisper_min.decode, config["kind"]
             if kind in ("adml", "lora"):
                 decode_fn = adml.make_decoder(self.base, [str(f) for f in files], tau=config["tau"],
-                                              strategy=config["strategy"])
+                                              strategy=config["strategy"], end=config.get("end", "any"))
             elif kind == "finetune":
                 model = whisper_min.load_model(self.args.model, device=self.args.device)  # a fresh copy
                 train.load_finetune(files[0], model)
@@ -265,8 +268,8 @@ def stage_eval(args, run: Path) -> None:
             and any(fnmatch.fnmatch(s, pattern) for pattern in args.sets.split(","))]
     todo.sort(key=lambda pair: pair[1] in OOD_SETS and pair[0][0].split("-")[-1] in DOMAINS)
     scorer = Scorer(args, run) if todo else None
-    for (name, kind, files, tau, strategy), s in todo:
-        config = Scorer.config(kind, files, tau, strategy)
+    for (name, kind, files, *rule), s in todo:
+        config = Scorer.config(kind, files, *rule)
         scorer.score(name, config, files, sets[s], s, run / "eval" / name / f"{s}.json")
 
 

@@ -136,6 +136,43 @@ def speak_fortunes(args, run: Path) -> None:
     log(f"fortunes: {len(rows)} utterances in {out}")
 
 
+def join_clips(parts: list[tuple[Path, dict]], out: Path, seconds: float = 25.0, gap: float = 0.5) -> list[dict]:
+    """Long-form clips from short utterances: (manifest folder, row) pairs joined in order,
+    `gap` seconds of silence between them, each clip at most `seconds` (one 30 s Whisper
+    window). Every synthetic utterance is one sentence, but real prompts run to 25 s, where
+    the question is whether a stream ends the transcript too soon. Rebuilt only when absent."""
+    import numpy as np
+    import soundfile as sf
+
+    from whisper_min.audio import SAMPLE_RATE, load_audio
+
+    manifest = out / "manifest.jsonl"
+    if manifest.is_file():
+        return read_rows(manifest)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    rows, clip, texts = [], [], []
+    silence = np.zeros(int(gap * SAMPLE_RATE), dtype=np.float32)
+
+    def flush():
+        audio = np.concatenate(clip[:-1])  # (samples,): the last piece is a trailing gap
+        name = f"audio/{len(rows):04d}.flac"
+        sf.write(out / name, audio, SAMPLE_RATE)
+        rows.append({"audio": name, "text": " ".join(texts), "duration": round(len(audio) / SAMPLE_RATE, 3),
+                     "parts": len(texts)})
+
+    for folder, row in parts:
+        audio = load_audio(str(folder / row["audio"]))
+        if clip and (sum(map(len, clip)) + len(audio)) / SAMPLE_RATE > seconds:
+            flush()
+            clip, texts = [], []
+        clip += [audio, silence]
+        texts.append(row["text"])
+    if clip:
+        flush()
+    write_rows(manifest, rows)
+    return rows
+
+
 def is_validation(text: str, fraction: float) -> bool:
     """A fixed pseudo-random tenth of the texts, the same whatever order they were made in."""
     return int(hashlib.sha1(normalise(text).encode()).hexdigest(), 16) % 1000 < 1000 * fraction

@@ -4,10 +4,14 @@ In-domain validation loss cannot see what an adapter forgets out of its domain, 
 leaves one branch of Eq. (3) open. So this stage decodes validation speech with every
 candidate and picks one by a rule fixed before any candidate was scored.
 
-Candidates: each LoRA learning rate of the grid (one adapter per domain at each rate), the
-two readings of Eq. (3)'s min-only case (`das`: the least confident stream; `max-only`: the
-base keeps its word; see adml.select), and each τ of TUNE_TAUS (at τ = 0 both readings
-take the most confident stream, so it is one candidate).
+Two steps, each a grid of candidates:
+  1. each LoRA learning rate of the grid (one adapter per domain at each rate), the two
+     readings of Eq. (3)'s min-only case (`das`: the least confident stream; `max-only`:
+     the base keeps its word; see adml.select), and each τ of TUNE_TAUS (at τ = 0 both
+     readings take the most confident stream, so it is one candidate), on the short sets;
+  2. at step 1's rate and reading: each τ of TUNE_TAUS with each end rule (`any` stream may
+     end the transcript, or only the `base`: adml.base_ends), on the short sets and two
+     long-form sets. Step 1 could not see the end rule: its sets are single sentences.
 
 Validation sets, none of them a test set:
   <domain>   each domain's validation split (10% of its synthetic training texts, held out
@@ -17,23 +21,29 @@ Validation sets, none of them a test set:
   fortunes   out of domain: short sentences people wrote (the fortunes-min package), not
              requests to an assistant at all.
 Both out-of-domain sets are spoken by study_data.OOD_VAL_VOICES, which neither training nor
-the test sets use.
+the test sets use. Long-form (step 2 only; study_data.join_clips, up to 25 s a clip):
+  long-domains   the domains' validation utterances joined (in domain);
+  long-ood       everyday and fortunes joined (out of domain).
 
-The rule: keep the candidates whose WER on each out-of-domain set is at most MAX_OOD_RISE
-(2%, the issue's out-of-domain target) above the original model's; among them take the
-lowest mean WER over the domains' validation sets, ties going to the larger τ (nearer the
-original model). τ above 1 is the original model, so the rule can always fall back on it.
+The rule, for each step: keep the candidates whose WER on each out-of-domain set is at
+most MAX_OOD_RISE (2%, the issue's out-of-domain target) above the original model's; among
+them take the lowest mean WER over the in-domain sets, ties going to the larger τ (nearer
+the original model), then to end `any`. τ above 1 is the original model, so the rule can
+always fall back on it.
 """
 
 import json
 from pathlib import Path
 
 from reproduce import Scorer, model_file
-from study_data import DOMAINS, OOD_VAL, OOD_VALS, log, read_rows
+from study_data import DOMAINS, OOD_VAL, OOD_VALS, join_clips, log, read_rows
 
 TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3)
 READINGS = ("das", "max-only")
+ENDS = ("any", "base")  # adml.ENDS; not imported, so that this module loads without torch
 MAX_OOD_RISE = 0.02
+LONG_IN_DOMAIN, LONG_OOD = "long-domains", "long-ood"
+IN_DOMAIN = DOMAINS + (LONG_IN_DOMAIN,)
 
 
 def val_sets(args, run: Path) -> dict[str, Path]:
@@ -42,7 +52,20 @@ def val_sets(args, run: Path) -> dict[str, Path]:
     return sets
 
 
+def long_sets(run: Path) -> dict[str, Path]:
+    """The long-form validation sets, joined from the short ones on first use."""
+    short = {d: run / "data" / "train" / d / "val.jsonl" for d in DOMAINS}
+    short.update({s: run / "data" / "val_ood" / s / "manifest.jsonl" for s in OOD_VALS})
+    sources = {LONG_IN_DOMAIN: DOMAINS, LONG_OOD: OOD_VALS}
+    out = {}
+    for name, names in sources.items():
+        out[name] = run / "data" / "val_long" / name / "manifest.jsonl"
+        join_clips([(short[n].parent, r) for n in names for r in read_rows(short[n])], out[name].parent)
+    return out
+
+
 def candidates(args) -> list[dict]:
+    """Step 1."""
     out = []
     for lr in args.lora_lrs:
         out.append({"lr": lr, "strategy": "das", "tau": 0.0})
@@ -50,8 +73,15 @@ def candidates(args) -> list[dict]:
     return out
 
 
+def end_candidates(first: dict) -> list[dict]:
+    """Step 2, at step 1's choice."""
+    return [{"lr": first["lr"], "strategy": first["strategy"] if t > 0 else "das", "tau": t, "end": e}
+            for e in ENDS for t in TUNE_TAUS]
+
+
 def label(c: dict) -> str:
-    return f"lr{c['lr']:g} {c['strategy']} tau={c['tau']:g}"
+    end = c.get("end", "any")
+    return f"lr{c['lr']:g} {c['strategy']} tau={c['tau']:g}" + ("" if end == "any" else f" end={end}")
 
 
 def das_files(run: Path, lr: float | None) -> list[Path] | None:
@@ -61,22 +91,41 @@ def das_files(run: Path, lr: float | None) -> list[Path] | None:
 
 
 def chosen(run: Path) -> dict | None:
-    """The tune stage's choice {"lr", "strategy", "tau"}, or None before it has run."""
+    """The tune stage's choice {"lr", "strategy", "tau", "end"}, or None before it has run."""
     path = run / "tune.json"
     return json.loads(path.read_text())["chosen"] if path.is_file() else None
 
 
 def choose(rows: list[dict], original: dict) -> dict:
     """The rule of the module docstring. rows: {"lr", "strategy", "tau", "wer": {set: WER}}."""
-    ood = [s for s in original if s not in DOMAINS]
+    ind = [s for s in original if s in IN_DOMAIN]
+    ood = [s for s in original if s not in IN_DOMAIN]
     ok = [r for r in rows if all(r["wer"][s] <= original[s] * (1 + MAX_OOD_RISE) for s in ood)]
     if not ok:
-        return {"lr": None, "strategy": "das", "tau": 1.0, "why": "no candidate kept out-of-domain WER within "
-                f"{MAX_OOD_RISE:.0%} of the original model's: τ = 1, the original model"}
-    best = min(ok, key=lambda r: (sum(r["wer"][d] for d in DOMAINS) / len(DOMAINS), -r["tau"]))
-    return {**{k: best[k] for k in ("lr", "strategy", "tau")},
-            "why": f"lowest mean in-domain validation WER among the {len(ok)} of {len(rows)} candidates within "
-                   f"{MAX_OOD_RISE:.0%} of the original model's WER on {' and '.join(ood)}"}
+        return {"lr": None, "strategy": "das", "tau": 1.0, "end": "any", "why": "no candidate kept out-of-domain "
+                f"WER within {MAX_OOD_RISE:.0%} of the original model's: τ = 1, the original model"}
+    best = min(ok, key=lambda r: (sum(r["wer"][d] for d in ind) / len(ind), -r["tau"], r.get("end", "any") != "any"))
+    return {"lr": best["lr"], "strategy": best["strategy"], "tau": best["tau"], "end": best.get("end", "any"),
+            "why": f"lowest mean in-domain validation WER ({', '.join(ind)}) among the {len(ok)} of {len(rows)} "
+                   f"candidates within {MAX_OOD_RISE:.0%} of the original model's WER on {', '.join(ood)}"}
+
+
+def score_grid(args, run: Path, scorer, grid: list[dict], files_at: dict, rows_of: dict):
+    """Score the original model and every candidate of `grid` on every set (skipping scores
+    already made) -> (scorer, {label: {set: WER}}, every score present?)."""
+    todo = [("original", Scorer.config("base", [], 0.0), [])]
+    for c in grid:
+        files = files_at[c["lr"]]
+        todo.append((label(c), Scorer.config("adml", files, c["tau"], c["strategy"], c.get("end", "any")), files))
+    for name, config, files in todo:
+        for s, rows in rows_of.items():
+            out = run / "tune" / name / f"{s}.json"
+            if not Scorer.is_done(out, config):
+                scorer = scorer or Scorer(args, run)
+                scorer.score(name, config, files, rows, s, out)
+    wer = {name: {s: read_rows(run / "tune" / name / f"{s}.json")[0]["wer"] for s in rows_of
+                  if Scorer.is_done(run / "tune" / name / f"{s}.json", config)} for name, config, _ in todo}
+    return scorer, wer, all(len(w) == len(rows_of) for w in wer.values())
 
 
 def stage_tune(args, run: Path) -> None:
@@ -90,28 +139,29 @@ def stage_tune(args, run: Path) -> None:
     rows_of = {n: read_manifest(p) for n, p in sets.items()}
     rows_of[OOD_VAL] = rows_of[OOD_VAL][: args.ood_val_count]  # a longer manifest may have been made
     files_at = {lr: das_files(run, lr) for lr in args.lora_lrs}
-    scorer, waiting = None, [lr for lr, files in files_at.items() if files is None]
-    todo = [("original", Scorer.config("base", [], 0.0), [])]
-    for c in candidates(args):
-        if c["lr"] not in waiting:
-            files = files_at[c["lr"]]
-            todo.append((label(c), Scorer.config("adml", files, c["tau"], c["strategy"]), files))
-    for name, config, files in todo:
-        for s, rows in rows_of.items():
-            out = run / "tune" / name / f"{s}.json"
-            if not Scorer.is_done(out, config):
-                scorer = scorer or Scorer(args, run)
-                scorer.score(name, config, files, rows, s, out)
-
-    wer = {name: {s: read_rows(run / "tune" / name / f"{s}.json")[0]["wer"] for s in rows_of
-                  if Scorer.is_done(run / "tune" / name / f"{s}.json", config)} for name, config, _ in todo}
-    if waiting or any(len(w) < len(rows_of) for w in wer.values()):
-        why = f"adapters at lr {', '.join(f'{lr:g}' for lr in waiting)} are not trained" if waiting else \
-            "some scores are still being made (by another process?)"
-        log(f"tune: {why}; no choice written yet")
+    waiting = [lr for lr, files in files_at.items() if files is None]
+    if waiting:
+        log(f"tune: adapters at lr {', '.join(f'{lr:g}' for lr in waiting)} are not trained; no choice written yet")
         return
-    rows = [{**c, "wer": wer[label(c)]} for c in candidates(args) if label(c) in wer]
-    choice = choose(rows, wer["original"])
-    (run / "tune.json").write_text(json.dumps({"chosen": choice, "original": wer["original"], "candidates": rows,
-                                               "sizes": {s: len(r) for s, r in rows_of.items()}}, indent=1) + "\n")
+    busy = "some scores are still being made (by another process?); no choice written yet"
+
+    scorer, wer, complete = score_grid(args, run, None, candidates(args), files_at, rows_of)
+    if not complete:
+        return log(f"tune: step 1: {busy}")
+    rows = [{**c, "wer": wer[label(c)]} for c in candidates(args)]
+    first = choose(rows, wer["original"])
+    log(f"tune: step 1 chose {first}")
+    result = {"first": first, "original": wer["original"], "candidates": rows}
+
+    choice = first
+    if first["lr"] is not None:  # step 2 starts from a candidate, not from the fallback
+        rows_of.update({n: read_manifest(p) for n, p in long_sets(run).items()})
+        scorer, wer, complete = score_grid(args, run, scorer, end_candidates(first), files_at, rows_of)
+        if not complete:
+            return log(f"tune: step 2: {busy}")
+        rows = [{**c, "wer": wer[label(c)]} for c in end_candidates(first)]
+        choice = choose(rows, wer["original"])
+        result.update(original_all=wer["original"], end_candidates=rows)
+    result.update(chosen=choice, sizes={s: len(r) for s, r in rows_of.items()})
+    (run / "tune.json").write_text(json.dumps(result, indent=1) + "\n")
     log(f"tune: chose {choice}")

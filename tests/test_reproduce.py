@@ -121,6 +121,47 @@ def test_tune_rule_keeps_out_of_domain_within_two_percent():
     assert sum(c["tau"] == 0 for c in cands) == 2
 
 
+def test_tune_step_two_weighs_the_long_form_sets():
+    import tune
+
+    original = {"music": 10.0, "weather": 10.0, "sports": 10.0, "everyday": 5.0, "fortunes": 20.0,
+                "long-domains": 10.0, "long-ood": 8.0}
+
+    def cand(tau, end, long_domains, long_ood):
+        return {"lr": 1e-4, "strategy": "max-only", "tau": tau, "end": end, "wer": {
+            **{d: 7.0 for d in study_data.DOMAINS}, "everyday": 5.0, "fortunes": 20.0,
+            "long-domains": long_domains, "long-ood": long_ood}}
+
+    rows = [cand(0.025, "any", 6.0, 9.0),   # truncates long clips out of domain (+12.5%): out
+            cand(0.025, "base", 7.0, 8.1),  # in; the long in-domain clips count in the mean
+            cand(0.1, "base", 6.5, 8.0)]
+    choice = tune.choose(rows, original)
+    assert (choice["tau"], choice["end"]) == (0.1, "base") and "long-domains" in choice["why"]
+    first = {"lr": 1e-4, "strategy": "max-only", "tau": 0.025}
+    cands = tune.end_candidates(first)
+    assert len(cands) == 2 * len(tune.TUNE_TAUS) and {c["end"] for c in cands} == {"any", "base"}
+    assert tune.label(cands[0]) == "lr0.0001 das tau=0"  # the same scores as step 1's candidate
+    assert tune.label(cands[-1]) == "lr0.0001 max-only tau=0.3 end=base"
+
+
+def test_join_clips(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    src = tmp_path / "src"
+    (src / "audio").mkdir(parents=True)
+    rows = []
+    for i, seconds in enumerate((4.0, 4.0, 3.0, 6.0)):
+        sf.write(src / "audio" / f"{i}.flac", np.full(int(seconds * 8000), 0.1, dtype=np.float32), 8000)
+        rows.append({"audio": f"audio/{i}.flac", "text": f"sentence {i}."})
+    out = study_data.join_clips([(src, r) for r in rows], tmp_path / "long", seconds=12.0, gap=0.5)
+    assert [r["text"] for r in out] == ["sentence 0. sentence 1. sentence 2.", "sentence 3."]
+    assert [r["duration"] for r in out] == [12.0, 6.0]  # 4 + 0.5 + 4 + 0.5 + 3; no trailing gap
+    audio, sr = sf.read(tmp_path / "long" / out[0]["audio"])
+    assert sr == 16000 and len(audio) == 12 * 16000
+    assert study_data.join_clips([], tmp_path / "long") == out  # made once, then read back
+
+
 def test_fortune_texts(tmp_path):
     path = tmp_path / "fortunes"
     path.write_text("A gift of a flower will soon be made to you.\n%\nYou will\n  live long.\n%\n"
@@ -142,14 +183,18 @@ def test_systems_follow_the_tuned_choice(tmp_path):
             (run / "models" / f"{name}.done.json").write_text(json.dumps({"name": name, "lr": lr, "val_loss": loss}))
     das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
     assert [f.name for f in das[2]] == [f"lora-{d}-lr0.0003.st" for d in study_data.DOMAINS]  # by validation loss
-    assert das[3:] == (0.025, "das")
+    assert das[3:] == (0.025, "das", "any")
     (run / "tune.json").write_text(json.dumps({"chosen": {"lr": 1e-4, "strategy": "max-only", "tau": 0.05}}))
     systems = {s[0]: s for s in reproduce.systems(run)}
     assert [f.name for f in systems["DAS"][2]] == [f"lora-{d}-lr0.0001.st" for d in study_data.DOMAINS]
-    assert systems["DAS"][3:] == (0.05, "max-only")
-    assert "DAS tau=0.05" not in systems and systems["DAS tau=0.025"][3:] == (0.025, "max-only")
+    assert systems["DAS"][3:] == (0.05, "max-only", "any")  # a tune.json from before step 2: any may end
+    assert "DAS tau=0.05" not in systems and systems["DAS tau=0.025"][3:] == (0.025, "max-only", "any")
+    (run / "tune.json").write_text(json.dumps({"chosen": {"lr": 1e-4, "strategy": "max-only", "tau": 0.1,
+                                                          "end": "base"}}))
+    systems = {s[0]: s for s in reproduce.systems(run)}
+    assert systems["DAS"][3:] == (0.1, "max-only", "base") and systems["DAS tau=0"][3:] == (0.0, "max-only", "base")
     assert [f.name for f in systems["lora-music"][2]] == ["lora-music-lr0.0003.st"]  # single models: by loss
-    assert tune.chosen(run)["tau"] == 0.05
+    assert tune.chosen(run)["tau"] == 0.1
 
 
 def test_report_leaves_out_a_stale_tau_sweep(tmp_path):
@@ -173,4 +218,28 @@ def test_a_score_is_redone_when_its_system_changes(tmp_path):
     study_data.write_rows(out, [{"system": "DAS", "wer": 5.0, "config": config}])
     assert reproduce.Scorer.is_done(out, config)
     assert not reproduce.Scorer.is_done(out, {**config, "strategy": "max-only"})
+    # `end` is recorded only when it is not the default, so scores made before it stay valid.
+    assert reproduce.Scorer.config("adml", [], 0.1, "das", "any") == reproduce.Scorer.config("adml", [], 0.1, "das")
+    assert not reproduce.Scorer.is_done(out, reproduce.Scorer.config("adml", [Path("lora-music-lr0.0003.st")],
+                                                                     0.025, "das", "base"))
     assert not reproduce.Scorer.is_done(out, {**config, "files": ["lora-music-lr0.0001.st"]})
+
+
+def test_report_tune_section_shows_both_steps(tmp_path):
+    import tune
+
+    original = {"music": 10.0, "weather": 10.0, "sports": 10.0, "everyday": 5.0, "fortunes": 20.0}
+    wer = {**original, "music": 8.0}
+    first = {"lr": 1e-4, "strategy": "max-only", "tau": 0.05, "why": "step one's reason"}
+    original_all = {**original, "long-domains": 10.0, "long-ood": 4.0}
+    steps = [{**c, "wer": {**original_all, "long-ood": 4.4 if c["end"] == "any" else 4.0}}
+             for c in tune.end_candidates(first)]
+    (tmp_path / "tune.json").write_text(json.dumps({
+        "first": first, "original": original, "candidates": [{**first, "wer": wer}], "original_all": original_all,
+        "end_candidates": steps, "chosen": {**first, "end": "base", "why": "step two's reason"},
+        "sizes": {s: 10 for s in original_all}}))
+    text = report.tune_section(tmp_path)
+    assert "| 0.0001 | max-only | 0.05 | 8.00 (-20.0%) | 10.00 (+0.0%) |" in text
+    assert "| 0.3 | base |" in text and "4.40 (+10.0%)" in text
+    assert "Step 1 chose: lr 0.0001, max-only, τ = 0.05: step one's reason." in text
+    assert "base may end the transcript: step two's reason." in text
