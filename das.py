@@ -16,8 +16,8 @@ from adml import ENDS, STRATEGIES, check_tau
 # ADML's defaults: the setting bench/reproduce.py's tune stage chose for the shipped adapters
 # on validation speech (RESULTS.md). max-only is Eq. (3) without its min-condition; the paper
 # leaves open what that condition picks, and `--strategy das` is our literal reading of it.
-DEFAULT_TAU, DEFAULT_STRATEGY = 0.025, "max-only"
-DEFAULT_END = "any"
+# end "base": only the base model ends the transcript; `--end any` is Algorithm 1 as written.
+DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END = 0.025, "max-only", "base"
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,8 +32,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "base by τ, else the base's), das (Eq. (3) as written: also the least sure stream's token "
                         "when one is less sure than the base by τ), or an ablation")
     p.add_argument("--end", default=DEFAULT_END, choices=ENDS,
-                   help="which streams may end the transcript: any (default; Algorithm 1 as written) or base (an "
-                        "adapter's end-of-text is never taken, and the base's always is)")
+                   help="which streams may end the transcript: base (default; an adapter's end-of-text is never "
+                        "taken, and the base's always is) or any (Algorithm 1 as written)")
 
 
 def tau_argument(value: str) -> float:
