@@ -297,9 +297,10 @@ class BatchedStreams:
 
 def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: DecodingOptions, n_vocab: int,
         n_text_ctx: int, tau: float, strategy: str, end: str = "any") -> list[DecodingResult]:
-    """Algorithm 1 for U utterances (end="base": with `base_ends` after `select`). `streams` (BatchedStreams, or the reference's
-    SequentialStreams) has `prefill(tokens)` and `step(token, offset)` giving every stream's
-    next-token logits (S, U, V); all the rest is shared, so the two differ only there."""
+    """Algorithm 1 for U utterances (with end="base", `base_ends` follows `select`).
+    `streams` (BatchedStreams, or the reference's SequentialStreams) has `prefill(tokens)`
+    and `step(token, offset)` giving every stream's next-token logits (S, U, V); all the
+    rest is shared, so the two differ only there."""
     U = audio_features.shape[0]
     start = initial_tokens(tokenizer, options)
     sample_begin = len(start)

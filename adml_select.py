@@ -62,9 +62,9 @@ def select(conf: Tensor, candidates: Tensor, tau: float = 0.025, strategy: str =
 def base_ends(chosen: Tensor, candidates: Tensor, eot: int) -> Tensor:
     """`select`'s choice (U,) with only the base deciding where the transcript ends: where
     the base proposes end-of-text it is taken, and where the chosen adapter proposes it
-    while the base does not, the base's token is taken instead. Adapters learn from
-    single synthetic sentences that a transcript is short; on a long real prompt one was
-    surer than the base that it had ended after four words (RESULTS.md)."""
+    while the base does not, the base's token is taken instead. Why: the adapters were
+    trained on single sentences, and on a 50-word real prompt one was surer than the base
+    that the transcript had ended after four words (RESULTS.md)."""
     return torch.where((candidates[0] == eot) | (candidates.gather(0, chosen[None])[0] == eot),
                        torch.zeros_like(chosen), chosen)
 

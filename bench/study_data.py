@@ -140,7 +140,8 @@ def join_clips(parts: list[tuple[Path, dict]], out: Path, seconds: float = 25.0,
     """Long-form clips from short utterances: (manifest folder, row) pairs joined in order,
     `gap` seconds of silence between them, each clip at most `seconds` (one 30 s Whisper
     window). Every synthetic utterance is one sentence, but real prompts run to 25 s, where
-    the question is whether a stream ends the transcript too soon. Rebuilt only when absent."""
+    the question is whether a stream ends the transcript too soon. Made once: a manifest
+    already in `out` is read back."""
     import numpy as np
     import soundfile as sf
 

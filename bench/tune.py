@@ -7,10 +7,10 @@ candidate and picks one by a rule fixed before any candidate was scored.
 Two steps, each a grid of candidates:
   1. each LoRA learning rate of the grid (one adapter per domain at each rate), the two
      readings of Eq. (3)'s min-only case (`das`: the least confident stream; `max-only`:
-     the base keeps its word; see adml.select), and each τ of TUNE_TAUS (at τ = 0 both
+     the base keeps its word; see adml_select.select), and each τ of TUNE_TAUS (at τ = 0 both
      readings take the most confident stream, so it is one candidate), on the short sets;
   2. at step 1's rate and reading: each τ of TUNE_TAUS with each end rule (`any` stream may
-     end the transcript, or only the `base`: adml.base_ends), on the short sets and two
+     end the transcript, or only the `base`: adml_select.base_ends), on the short sets and two
      long-form sets. Step 1 could not see the end rule: its sets are single sentences.
 
 Validation sets, none of them a test set:
@@ -40,7 +40,7 @@ from study_data import DOMAINS, OOD_VAL, OOD_VALS, join_clips, log, read_rows
 
 TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3)
 READINGS = ("das", "max-only")
-ENDS = ("any", "base")  # adml.ENDS; not imported, so that this module loads without torch
+ENDS = ("any", "base")  # adml_select.ENDS; not imported, so that this module loads without torch
 MAX_OOD_RISE = 0.02
 LONG_IN_DOMAIN, LONG_OOD = "long-domains", "long-ood"
 IN_DOMAIN = DOMAINS + (LONG_IN_DOMAIN,)
