@@ -215,8 +215,10 @@ class Scorer:
             elif kind == "finetune":
                 model = whisper_min.load_model(self.args.model, device=self.args.device)  # a fresh copy
                 train.load_finetune(files[0], model)
-                if "enc-dec" in name:  # its encoder changed: its own memo, never the shared one
-                    model.embed_audio = EncoderMemo(model, self.memo_root)
+                if "enc-dec" in name:  # its encoder changed: its own memo, never the shared one. Its own
+                    # folder too: the fingerprint reads fp16-cast layer norms, which a small
+                    # learning rate may leave unchanged, so it need not differ from the base's.
+                    model.embed_audio = EncoderMemo(model, self.memo_root / name)
                 else:
                     model.embed_audio = self.base.embed_audio
             self.built[key] = model, decode_fn
