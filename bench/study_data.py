@@ -136,9 +136,9 @@ def speak_fortunes(args, run: Path) -> None:
     log(f"fortunes: {len(rows)} utterances in {out}")
 
 
-def join_clips(parts: list[tuple[Path, dict]], out: Path, seconds: float = 25.0, gap: float = 0.5) -> list[dict]:
-    """Long-form clips from short utterances: (manifest folder, row) pairs joined in order,
-    `gap` seconds of silence between them, each clip at most `seconds` (one 30 s Whisper
+def join_clips(parts: list[dict], out: Path, seconds: float = 25.0, gap: float = 0.5) -> list[dict]:
+    """Long-form clips from short utterances: manifest rows (audio paths absolute, as
+    evaluate.read_manifest gives them) joined in order, `gap` seconds of silence between them, each clip at most `seconds` (one 30 s Whisper
     window). Every synthetic utterance is one sentence, but real prompts run to 25 s, where
     the question is whether a stream ends the transcript too soon. Made once: a manifest
     already in `out` is read back."""
@@ -161,8 +161,8 @@ def join_clips(parts: list[tuple[Path, dict]], out: Path, seconds: float = 25.0,
         rows.append({"audio": name, "text": " ".join(texts), "duration": round(len(audio) / SAMPLE_RATE, 3),
                      "parts": len(texts)})
 
-    for folder, row in parts:
-        audio = load_audio(str(folder / row["audio"]))
+    for row in parts:
+        audio = load_audio(row["audio"])
         if clip and (sum(map(len, clip)) + len(audio)) / SAMPLE_RATE > seconds:
             flush()
             clip, texts = [], []

@@ -52,15 +52,12 @@ def val_sets(args, run: Path) -> dict[str, Path]:
     return sets
 
 
-def long_sets(run: Path) -> dict[str, Path]:
-    """The long-form validation sets, joined from the short ones on first use."""
-    short = {d: run / "data" / "train" / d / "val.jsonl" for d in DOMAINS}
-    short.update({s: run / "data" / "val_ood" / s / "manifest.jsonl" for s in OOD_VALS})
-    sources = {LONG_IN_DOMAIN: DOMAINS, LONG_OOD: OOD_VALS}
+def long_sets(run: Path, rows_of: dict[str, list[dict]]) -> dict[str, Path]:
+    """The long-form validation sets, joined on first use from the short sets' rows."""
     out = {}
-    for name, names in sources.items():
+    for name, names in {LONG_IN_DOMAIN: DOMAINS, LONG_OOD: OOD_VALS}.items():
         out[name] = run / "data" / "val_long" / name / "manifest.jsonl"
-        join_clips([(short[n].parent, r) for n in names for r in read_rows(short[n])], out[name].parent)
+        join_clips([r for n in names for r in rows_of[n]], out[name].parent)
     return out
 
 
@@ -155,7 +152,7 @@ def stage_tune(args, run: Path) -> None:
 
     choice = first
     if first["lr"] is not None:  # step 2 starts from a candidate, not from the fallback
-        rows_of.update({n: read_manifest(p) for n, p in long_sets(run).items()})
+        rows_of.update({n: read_manifest(p) for n, p in long_sets(run, rows_of).items()})
         scorer, wer, complete = score_grid(args, run, scorer, end_candidates(first), files_at, rows_of)
         if not complete:
             return log(f"tune: step 2: {busy}")

@@ -153,8 +153,8 @@ def test_join_clips(tmp_path):
     rows = []
     for i, seconds in enumerate((4.0, 4.0, 3.0, 6.0)):
         sf.write(src / "audio" / f"{i}.flac", np.full(int(seconds * 8000), 0.1, dtype=np.float32), 8000)
-        rows.append({"audio": f"audio/{i}.flac", "text": f"sentence {i}."})
-    out = study_data.join_clips([(src, r) for r in rows], tmp_path / "long", seconds=12.0, gap=0.5)
+        rows.append({"audio": str(src / "audio" / f"{i}.flac"), "text": f"sentence {i}."})
+    out = study_data.join_clips(rows, tmp_path / "long", seconds=12.0, gap=0.5)
     assert [r["text"] for r in out] == ["sentence 0. sentence 1. sentence 2.", "sentence 3."]
     assert [r["duration"] for r in out] == [12.0, 6.0]  # 4 + 0.5 + 4 + 0.5 + 3; no trailing gap
     audio, sr = sf.read(tmp_path / "long" / out[0]["audio"])
