@@ -137,12 +137,14 @@ def stage_tune(args, run: Path) -> None:
     rows_of[OOD_VAL] = rows_of[OOD_VAL][: args.ood_val_count]  # a longer manifest may have been made
     files_at = {lr: das_files(run, lr) for lr in args.lora_lrs}
     waiting = [lr for lr, files in files_at.items() if files is None]
-    if waiting:
-        log(f"tune: adapters at lr {', '.join(f'{lr:g}' for lr in waiting)} are not trained; no choice written yet")
-        return
     busy = "some scores are still being made (by another process?); no choice written yet"
 
-    scorer, wer, complete = score_grid(args, run, None, candidates(args), files_at, rows_of)
+    # The rates already trained are scored while the others still train.
+    grid = [c for c in candidates(args) if c["lr"] not in waiting]
+    scorer, wer, complete = score_grid(args, run, None, grid, files_at, rows_of)
+    if waiting:
+        return log(f"tune: adapters at lr {', '.join(f'{lr:g}' for lr in waiting)} are not trained; "
+                   "no choice written yet")
     if not complete:
         return log(f"tune: step 1: {busy}")
     rows = [{**c, "wer": wer[label(c)]} for c in candidates(args)]
