@@ -117,7 +117,7 @@ def scored_das_config(results) -> dict | None:
 
 
 def das_config(results) -> dict:
-    """DAS's τ and strategy as scored (the tune stage's choice; the defaults before it)."""
+    """DAS's τ, strategy and end rule as scored (the tune stage's choice; the defaults before it)."""
     return scored_das_config(results) or {"tau": 0.025, "strategy": "das"}
 
 

@@ -138,10 +138,10 @@ def speak_fortunes(args, run: Path) -> None:
 
 def join_clips(parts: list[dict], out: Path, seconds: float = 25.0, gap: float = 0.5) -> list[dict]:
     """Long-form clips from short utterances: manifest rows (audio paths absolute, as
-    evaluate.read_manifest gives them) joined in order, `gap` seconds of silence between them, each clip at most `seconds` (one 30 s Whisper
-    window). Every synthetic utterance is one sentence, but real prompts run to 25 s, where
-    the question is whether a stream ends the transcript too soon. Made once: a manifest
-    already in `out` is read back."""
+    evaluate.read_manifest gives them) joined in order, `gap` seconds of silence between
+    them, each clip at most `seconds` (one 30 s Whisper window). Every synthetic utterance
+    is one sentence, but real prompts run to 25 s, where the question is whether a stream
+    ends the transcript too soon. Made once: a manifest already in `out` is read back."""
     import numpy as np
     import soundfile as sf
 
