@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adml_select import ENDS, STRATEGIES, base_ends, check_options, check_tau, select  # noqa: F401 (adml's API)
+from adml_select import (ENDS, STRATEGIES, SWITCHES, base_ends, check_options, check_tau,  # noqa: F401 (adml's API)
+                         keep_word, select, word_pieces)
 from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, pick
 from whisper_min.model import KVCache, MultiHeadAttention, Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -296,8 +297,9 @@ class BatchedStreams:
 
 
 def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: DecodingOptions, n_vocab: int,
-        n_text_ctx: int, tau: float, strategy: str, end: str = "any") -> list[DecodingResult]:
-    """Algorithm 1 for U utterances (with end="base", `base_ends` follows `select`).
+        n_text_ctx: int, tau: float, strategy: str, end: str = "any", switch: str = "token") -> list[DecodingResult]:
+    """Algorithm 1 for U utterances (`keep_word` follows `select` with switch="word", then
+    `base_ends` with end="base").
     `streams` (BatchedStreams, or the reference's SequentialStreams) has `prefill(tokens)`
     and `step(token, offset)` giving every stream's next-token logits (S, U, V); all the
     rest is shared, so the two differ only there."""
@@ -316,6 +318,8 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
     sum_logprobs = torch.zeros(U, device=tokens.device)
     counts = torch.zeros(U, S, dtype=torch.long, device=tokens.device)
     rows = torch.arange(U, device=tokens.device)
+    owner = torch.zeros(U, dtype=torch.long, device=tokens.device)  # the stream that chose the last token
+    pieces = word_pieces(tokenizer, n_vocab) if switch == "word" else None
     for _ in range(sample_len):
         flat = logits.reshape(S * U, -1)  # (S*U, V), stream-major like tokens.repeat(S, 1)
         filters(flat, tokens.repeat(S, 1))
@@ -323,9 +327,12 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
         logprobs = F.log_softmax(flat.float(), dim=-1).view(S, U, -1)  # (S, U, V)
         conf = logprobs.max(dim=-1).values.exp()  # c_i: the largest softmax probability
         chosen = select(conf, candidates, tau, strategy)  # (U,)
+        if pieces is not None:
+            chosen = keep_word(chosen, owner, candidates, pieces)
         if end == "base":
             chosen = base_ends(chosen, candidates, eot)
         next_tokens = candidates[chosen, rows]
+        owner = chosen
         finished = tokens[:, -1] == eot
         sum_logprobs += logprobs[chosen, rows, next_tokens] * ~finished
         counts[rows, chosen] += (~finished & (next_tokens != eot)).long()
@@ -356,7 +363,7 @@ def _audio_features(model: Whisper, mel: Tensor, audio_features: Tensor | None) 
 @torch.inference_mode()
 def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
            audio_features: Tensor | None = None, adapters=(), tau: float = 0.025,
-           strategy: str = "das", end: str = "any") -> list[DecodingResult]:
+           strategy: str = "das", end: str = "any", switch: str = "token") -> list[DecodingResult]:
     """`whisper_min.decode` with k adapters decoded alongside the base (batched, one pass).
 
     adapters: Adapter objects (`.name`, `.deltas`), deltas dicts, or a StackedAdapters made
@@ -365,30 +372,31 @@ def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingO
     temperature > 0 each stream samples its candidate and Eq. (3) picks among them by the
     same confidences; the log-probability summed is the chosen stream's. end="base": only
     the base may end the transcript (`base_ends`); "any" is Algorithm 1 as written.
+    switch="word": streams change only between words (`keep_word`); "token" is Algorithm 1.
     The model's decoder modules are swapped for the duration and restored, even on error;
     do not decode with the same model object from two threads at once.
     """
-    tau = check_options(tau, strategy, end)
+    tau = check_options(tau, strategy, end, switch)
     stack = stack_adapters(adapters, model)
     features = _audio_features(model, mel, audio_features)
     with swapped(model, multi_lora_modules(model, stack) if stack.k else {}):
         streams = BatchedStreams(model, stack.k, features)
         return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy,
-                   end)
+                   end, switch)
 
 
 def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das", single: str = "lora",
-                 end: str = "any"):
+                 end: str = "any", switch: str = "token"):
     """Adapter files -> a `decode_fn(model, mel, tokenizer, options, audio_features=None)` for
     `whisper_min.transcribe`. Loads each adapter once (lora.load_adapter raises for a file made
-    for another base model); raises ValueError for a file given twice, a bad tau, strategy or end.
+    for another base model); raises ValueError for a file given twice, a bad tau, strategy, end or switch.
     One file with single="lora" is plain decoding with that adapter merged in (the issue's
     "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead."""
     import os
 
     import lora  # only here: adml itself works on any Adapter-like objects
 
-    tau = check_options(tau, strategy, end)
+    tau = check_options(tau, strategy, end, switch)
     real = [os.path.realpath(p) for p in paths]
     dupes = sorted({p for p, r in zip(paths, real) if real.count(r) > 1})
     if dupes:
@@ -402,7 +410,7 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
     else:
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy,
-                          end=end)
+                          end=end, switch=switch)
 
     decode_fn.adapter_names = stack.names
     return decode_fn

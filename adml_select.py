@@ -1,6 +1,7 @@
 """ADML's selection rule: which stream's next token the shared transcript takes (DAS paper,
 Eq. 3), and the options that go with it. adml.run calls `select` once per decoding step,
-then `base_ends` when only the base may end the transcript.
+then `keep_word` when streams may change only between words, then `base_ends` when only
+the base may end the transcript.
 
 Shapes: S streams (stream 0 is the base model, 1..k the adapters), U utterances.
 """
@@ -10,6 +11,7 @@ from torch import Tensor
 
 STRATEGIES = ("das", "max-only", "base", "most-confident", "majority")
 ENDS = ("any", "base")  # which streams may end the transcript (`base_ends`)
+SWITCHES = ("token", "word")  # where the transcript may change streams (`keep_word`)
 
 
 def select(conf: Tensor, candidates: Tensor, tau: float = 0.025, strategy: str = "das") -> Tensor:
@@ -69,12 +71,43 @@ def base_ends(chosen: Tensor, candidates: Tensor, eot: int) -> Tensor:
                        torch.zeros_like(chosen), chosen)
 
 
-def check_options(tau, strategy: str, end: str) -> float:
-    """tau as a float (`check_tau`); a ValueError for an unknown strategy or end."""
+def word_pieces(tokenizer, n_vocab: int) -> Tensor:
+    """(V,) bool: True for the text tokens that carry on the word before them (no leading
+    space, and a letter, digit, apostrophe or a piece of a multi-byte character first:
+    "th" after " 4", "storm" after " thunder"). Special tokens, punctuation and tokens
+    that start with a space begin something new. Built once per tokenizer."""
+    key = (id(tokenizer.encoding), n_vocab)
+    if key not in _PIECES:  # the encoding is kept with its flags, so its id is never reused
+        flags = torch.zeros(n_vocab, dtype=torch.bool)
+        for t in range(min(tokenizer.eot, n_vocab)):
+            text = tokenizer.decode([t])  # a piece of a multi-byte character decodes to U+FFFD
+            flags[t] = bool(text) and (text[0].isalnum() or text[0] in "'’\ufffd")
+        _PIECES[key] = (tokenizer.encoding, flags)
+    return _PIECES[key][1]
+
+
+_PIECES: dict = {}
+
+
+def keep_word(chosen: Tensor, owner: Tensor, candidates: Tensor, pieces: Tensor) -> Tensor:
+    """`select`'s choice (U,) with streams changing only between words: where the stream
+    that chose the last token (`owner`, (U,)) now proposes a piece of the same word
+    (`pieces`, from `word_pieces`), its token is taken. Why: each stream segments words
+    into BPE tokens its own way, and a switch inside a word splices two segmentations
+    ("thunder" + "s storm", "4" + " 2023" for "4th"). Eq. (3) still decides at every
+    word boundary, as judged by the stream that began the word."""
+    own = candidates.gather(0, owner[None])[0]  # (U,): the owner's proposal
+    return torch.where(pieces.to(own.device)[own], owner, chosen)
+
+
+def check_options(tau, strategy: str, end: str, switch: str = "token") -> float:
+    """tau as a float (`check_tau`); a ValueError for an unknown strategy, end or switch."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
     if end not in ENDS:
         raise ValueError(f"end must be one of {', '.join(ENDS)}; not {end!r}")
+    if switch not in SWITCHES:
+        raise ValueError(f"switch must be one of {', '.join(SWITCHES)}; not {switch!r}")
     return check_tau(tau)
 
 

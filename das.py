@@ -11,13 +11,14 @@ import json
 import sys
 import time
 
-from adml import ENDS, STRATEGIES, check_tau
+from adml import ENDS, STRATEGIES, SWITCHES, check_tau
 
 # ADML's defaults: the setting bench/reproduce.py's tune stage chose for the shipped adapters
 # on validation speech (RESULTS.md). max-only is Eq. (3) without its min-condition; the paper
 # leaves open what that condition picks, and `--strategy das` is our literal reading of it.
 # end "base": only the base model ends the transcript; `--end any` is Algorithm 1 as written.
-DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END = 0.025, "max-only", "base"
+# switch "token": streams may change at any token, as in Algorithm 1; "word": only between words.
+DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END, DEFAULT_SWITCH = 0.025, "max-only", "base", "token"
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", default=DEFAULT_END, choices=ENDS,
                    help="which streams may end the transcript: base (default; an adapter's end-of-text is never "
                         "taken, and the base's always is) or any (Algorithm 1 as written)")
+    p.add_argument("--switch", default=DEFAULT_SWITCH, choices=SWITCHES,
+                   help=f"where the transcript may change streams: token (any token, as in Algorithm 1) or word "
+                        f"(only between words: the stream that began a word finishes it) (default {DEFAULT_SWITCH})")
 
 
 def tau_argument(value: str) -> float:
@@ -114,7 +118,7 @@ def load_decoder(args, model):
     paths = [p.strip() for p in args.loras.split(",") if p.strip()]
     if not paths:
         return decode
-    return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy, end=args.end)
+    return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy, end=args.end, switch=args.switch)
 
 
 def main(argv=None) -> int:

@@ -199,7 +199,7 @@ def main(args) -> int:
         results.append(evaluate_set(rows, transcribe_fn, name))
     print(format_table(results), flush=True)
     config = {"model": str(args.model), "loras": [p for p in args.loras.split(",") if p.strip()],
-              "tau": float(args.tau), "strategy": args.strategy, "end": args.end,
+              "tau": float(args.tau), "strategy": args.strategy, "end": args.end, "switch": args.switch,
               "device": args.device}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -193,12 +193,14 @@ def test_batched_equals_sequential_tokens_and_text(tiny, tokenizer, strategy):
         assert any(sum(r.stream_tokens[1:]) > 0 for r in got)
 
 
-def test_end_base_batched_equals_sequential_and_ends_with_the_base(tiny, tokenizer):
+@pytest.mark.parametrize("rule", [{"end": "base"}, {"switch": "word"}])
+def test_end_and_switch_rules_batched_equal_sequential(tiny, tokenizer, rule):
     adapters, audio = tiny_adapters(tiny), tiny_features(U=2)
-    got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0, end="base")
+    got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0, **rule)
     ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
-                                           tau=0.0, end="base")
+                                           tau=0.0, **rule)
     assert [r.tokens for r in got] == [r.tokens for r in ref] and [r.text for r in got] == [r.text for r in ref]
+    assert [r.stream_tokens for r in got] == [r.stream_tokens for r in ref]
     assert any(sum(r.stream_tokens[1:]) > 0 for r in got)  # the adapters still chose words
 
 
@@ -238,6 +240,29 @@ def test_end_base_keeps_a_sure_adapter_from_ending_the_transcript(tiny, tokenize
     assert decode_with("any").text == "one"
     got = decode_with("base")
     assert got.text == "one two three" and got.stream_tokens == [2, 1]  # "one" was the surer adapter's
+
+
+def test_switch_word_keeps_a_word_with_the_stream_that_began_it(tiny, tokenizer):
+    *head, tail = tokenizer.encode(" on the 4th")  # tail is "th", a piece of the word " 4"
+    eot, V = tokenizer.eot, tiny.dims.n_vocab
+    base = head + [tail, eot]
+    adapter = head + [tokenizer.encode(" 2023")[0]] * 2 + [eot]  # a new word where the base goes on with " 4"
+    options = DecodingOptions(sample_len=8, without_timestamps=True)
+
+    class SureAfterFour(ScriptedStreams):  # the base is surer, except right after " 4"
+        def _next(self):
+            logits = super()._next()
+            if self.t - 1 == len(head):
+                logits[1] *= 2
+            return logits
+
+    def decode_with(switch):
+        streams = SureAfterFour([base, adapter], [13.0, 11.0], V)
+        return adml.run(streams, torch.zeros(1, 4, 8), tokenizer, options, V, 448, 0.0, "max-only", "any", switch)[0]
+
+    assert decode_with("token").text.startswith("on the 4 2023")  # Algorithm 1: the adapter splits "4th"
+    got = decode_with("word")
+    assert got.text == "on the 4th" and got.stream_tokens == [len(base) - 1, 0]
 
 
 def test_tau_above_one_gives_the_base_transcript(tiny, tokenizer):

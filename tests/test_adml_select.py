@@ -83,3 +83,33 @@ def test_base_ends(candidates, chosen, want, case):
     eot = 9
     cand = torch.tensor(candidates)[:, None]  # (S, U=1)
     assert adml_select.base_ends(torch.tensor([chosen]), cand, eot).item() == want, case
+
+
+@pytest.mark.parametrize("candidates, owner, chosen, want, case", [
+    ([5, 6, 7], 0, 1, 0, "the owner (base) proposes a piece of its word: it keeps the word"),
+    ([5, 2, 7], 1, 2, 1, "the owner is an adapter and goes on with its word"),
+    ([1, 6, 7], 0, 1, 1, "the owner proposes a new word: Eq. (3)'s choice stands"),
+    ([5, 6, 3], 2, 0, 0, "the owner proposes punctuation: Eq. (3)'s choice stands"),
+])
+def test_keep_word(candidates, owner, chosen, want, case):
+    pieces = torch.tensor([False, False, True, False, False, True, False, False])  # tokens 2 and 5 continue a word
+    cand = torch.tensor(candidates)[:, None]  # (S, U=1)
+    got = adml_select.keep_word(torch.tensor([chosen]), torch.tensor([owner]), cand, pieces)
+    assert got.item() == want, case
+
+
+def test_word_pieces_of_the_real_tokenizer():
+    import whisper_min
+
+    tokenizer = whisper_min.get_tokenizer("base", language="en")
+    pieces = adml_select.word_pieces(tokenizer, 51865)
+    assert adml_select.word_pieces(tokenizer, 51865) is pieces  # built once per tokenizer
+
+    def flags(text):
+        return [bool(pieces[t]) for t in tokenizer.encode(text)]
+
+    assert flags(" 4th") == [False, True] and flags(" don't")[-1]  # "th" and "'t" carry on their word
+    assert not any(flags(" hello, world.")[1:2]) and not pieces[tokenizer.encode(" world")[0]]
+    assert not pieces[tokenizer.eot:].any()  # special and timestamp tokens never do
+    partial = [t for t in range(tokenizer.eot) if tokenizer.decode([t]).startswith("\ufffd")]
+    assert partial and pieces[partial].all()  # a piece of a multi-byte character carries on

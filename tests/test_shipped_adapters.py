@@ -42,7 +42,8 @@ def test_das_moves_examples_toward_their_references(base):
     tokenizer = whisper_min.get_tokenizer("base", language="en")
     options = whisper_min.DecodingOptions(language="en", without_timestamps=True)
     das_decode = adml.make_decoder(base, [str(p) for p in ADAPTERS], tau=cli.DEFAULT_TAU,
-                                   strategy=cli.DEFAULT_STRATEGY, end=cli.DEFAULT_END)  # what `das.py transcribe` runs
+                                   strategy=cli.DEFAULT_STRATEGY, end=cli.DEFAULT_END,
+                                   switch=cli.DEFAULT_SWITCH)  # what `das.py transcribe` runs
     errors = {}
     for clip, ref in references().items():
         audio = whisper_min.load_audio(str(clip))
