@@ -71,8 +71,9 @@ def is_english(text: str) -> bool:
     return any(w.strip("'") in _ENGLISH for w in words)
 
 
-def check(text: str, seen: set[str]) -> str | None:
-    """Why `text` must be dropped, or None. Does not add it to `seen`."""
+def check(text: str, seen: set[str], requests_only: bool = True) -> str | None:
+    """Why `text` must be dropped, or None. Does not add it to `seen`. requests_only=False
+    keeps statements too ("The Beatles released Abbey Road in 1969.")."""
     if not text:
         return "empty"
     words = text.split()
@@ -88,7 +89,7 @@ def check(text: str, seen: set[str]) -> str | None:
         return "unspeakable"    # URLs, markup, code
     if _PROMPT_ECHO.search(text):
         return "prompt_echo"
-    if not text.rstrip().endswith("?") and words[0].lower().strip(",.!") not in _REQUEST_START:
+    if requests_only and not text.rstrip().endswith("?") and words[0].lower().strip(",.!") not in _REQUEST_START:
         return "not_a_request"  # a statement, a title or an answer
     if not speakable(verbalise(text)):
         return "unspeakable"    # a symbol or number form the verbaliser cannot read

@@ -44,6 +44,13 @@ def test_check_reasons(text, reason):
     assert check(text, set()) == reason
 
 
+def test_statements_are_kept_when_asked_and_every_other_rule_still_holds():
+    assert check("Adele has released four albums.", set(), requests_only=False) is None
+    assert check("Here are ten statements about music:", set(), requests_only=False) == "preamble"
+    assert check("Adele has released four albums", {normalise("adele has released four albums")},
+                 requests_only=False) == "duplicate"
+
+
 def test_duplicates_are_found_after_normalising():
     seen = {normalise("What is Adele's newest album?")}
     assert check("what is adele's newest ALBUM", seen) == "duplicate"
