@@ -33,8 +33,8 @@ def load_results(run: Path) -> dict[tuple[str, str], dict]:
 
 
 def sweep_key(config: dict) -> tuple:
-    """What DAS and its τ sweep share: the adapters, the reading of Eq. (3), the end rule."""
-    return config.get("files"), config.get("strategy"), config.get("end", "any")
+    """What DAS and its τ sweep share: the adapters, the reading of Eq. (3), the end and switch rules."""
+    return config.get("files"), config.get("strategy"), config.get("end", "any"), config.get("switch", "token")
 
 
 def pooled(results: dict, system: str, sets) -> float | None:
@@ -80,12 +80,14 @@ def domain_table(results, systems: list[tuple[str, str]]) -> str:
 
 
 def das_label(results) -> str:
-    """"DAS (τ = 0.025)", with the reading of Eq. (3) when the tune stage chose `max-only`
-    and the end rule when it chose `base`."""
+    """"DAS (τ = 0.025)", with the reading of Eq. (3) when the tune stage chose `max-only`,
+    the end rule when it chose `base` and the switch rule when it chose `word`."""
     config = das_config(results)
     reading = "" if config["strategy"] == "das" else f", {config['strategy']}"
     end = "" if config.get("end", "any") == "any" else f", {config['end']} ends"
-    return f"DAS (τ = {config['tau']:g}{reading}{end})"
+    switch = "" if config.get("switch", "token") == "token" else f", switches by {config['switch']}"
+    stmt = ", adapters on statements too" if any("-stmt-" in f for f in config.get("files", [])) else ""
+    return f"DAS (τ = {config['tau']:g}{reading}{end}{switch}{stmt})"
 
 
 def table4(results) -> str:
@@ -151,11 +153,26 @@ def tune_section(run: Path) -> str:
     out = (f"Validation WER (utterances or clips: {sizes}).\n\nStep 1, on the short sets:\n\n"
            + tune_table(t["candidates"], t["original"], ["lr", "strategy", "tau"], ["LoRA lr", "reading", "τ"])
            + f"\n\nStep 1 chose: lr {first['lr']}, {first['strategy']}, τ = {first['tau']:g}: {first['why']}.")
+    second = t.get("second", chosen)
     if "end_candidates" in t:
         out += (f"\n\nStep 2, at lr {first['lr']} and {first['strategy']}, on the short and long-form sets:\n\n"
                 + tune_table(t["end_candidates"], t["original_all"], ["tau", "end"], ["τ", "who ends"])
-                + f"\n\nChosen: lr {chosen['lr']}, {chosen['strategy']}, τ = {chosen['tau']:g}, "
-                  f"{chosen.get('end', 'any')} may end the transcript: {chosen['why']}.")
+                + f"\n\n{'Step 2 chose' if 'second' in t else 'Chosen'}: lr {second['lr']}, {second['strategy']}, "
+                  f"τ = {second['tau']:g}, {second.get('end', 'any')} may end the transcript: {second['why']}.")
+    if "switch_candidates" in t:
+        third = t.get("third", chosen)
+        out += (f"\n\nStep 3, at lr {second['lr']}, {second['strategy']} and end {second['end']}, on every set:\n\n"
+                + tune_table(t["switch_candidates"], t["original_all"], ["tau", "switch"], ["τ", "switch"])
+                + f"\n\n{'Step 3 chose' if 'third' in t else 'Chosen'}: lr {third['lr']}, {third['strategy']}, "
+                  f"τ = {third['tau']:g}, {third['end']} may end the transcript, streams switch "
+                  f"{'at any token' if third['switch'] == 'token' else 'only between words'}: {third['why']}.")
+    if "data_candidates" in t:
+        out += ("\n\nStep 4, at step 3's choice, adapters trained on requests alone or on requests and "
+                "statements:\n\n"
+                + tune_table(t["data_candidates"], t["original_all"], ["data", "tau"], ["training text", "τ"])
+                + f"\n\nChosen: the adapters trained on "
+                  f"{'requests and statements' if chosen['data'] == 'statements' else 'requests alone'}"
+                  f", τ = {chosen['tau']:g}: {chosen['why']}.")
     return out
 
 

@@ -21,9 +21,12 @@ at most the item or model in progress (generation and training resume inside tha
             rows for music. Learning rates come from validation data, never from a test set:
             each domain's LoRA and the first domain's full fine-tuning are trained at every
             rate of the grid; single models and the multi-domain ones use the rate with the
-            best validation loss. Each run keeps its best epoch (train --val).
-  tune      DAS's learning rate, reading of Eq. (3) and τ, chosen by decoding in-domain and
-            out-of-domain validation speech (bench/tune.py has the candidates and the rule).
+            best validation loss. Each run keeps its best epoch (train --val). With
+            --statements-lrs, each domain's LoRA is also trained on its training split plus
+            the in-domain statements datagen rejected (bench/statements.py, no LLM needed).
+  tune      DAS's adapters, reading of Eq. (3), τ, end and switch rules, chosen by decoding
+            in-domain and out-of-domain validation speech (bench/tune.py has the candidates
+            and the rule).
   eval      every system on every test set, one JSON per pair. The frozen encoder runs once
             per window for all systems (encoder_cache.EncoderMemo: exact, fp32), so RTF is
             not measured here; Table VI measures it.
@@ -68,6 +71,9 @@ def train_runs(args) -> list[dict]:
     for method in ("ft-last3", "ft-enc-dec"):  # Table II: which part of Whisper to fine-tune
         runs.append({"name": f"{method}-{DOMAINS[0]}", "method": method, "data": [DOMAINS[0]], "lr": None,
                      "choose": f"ft-{DOMAINS[0]}"})
+    for lr in args.statements_lrs:  # the training text experiment (bench/statements.py)
+        runs += [{"name": f"lora-{d}-stmt-lr{lr:g}", "method": "lora", "data": [d], "lr": lr, "statements": True}
+                 for d in DOMAINS]
     return runs
 
 
@@ -107,6 +113,10 @@ def stage_train(args, run: Path) -> None:
                 continue
             lr = choice[0]
         data = [str(run / "data" / "train" / d / "fit.jsonl") for d in spec["data"]]
+        if spec.get("statements"):
+            import statements
+
+            data += [str(statements.speak(run, d)) for d in spec["data"]]
         val = (run / "data" / "train" / spec["data"][0] / "val.jsonl" if len(spec["data"]) == 1
                else run / "data" / "train" / "val_multi.jsonl")
         out = models / f"{name}.st"
@@ -135,27 +145,30 @@ def test_sets(run: Path) -> dict[str, Path]:
     return sets
 
 
-def systems(run: Path) -> list[tuple[str, str, list[Path], float, str, str]]:
-    """(name, kind, files, τ, strategy, end) of every system whose models exist. DAS and its
-    τ sweep use the learning rate, reading of Eq. (3) and end rule the tune stage chose on
-    validation data (before it has run: each domain's adapter by validation loss, `das`,
-    τ = 0.025, any stream may end)."""
+def systems(run: Path) -> list[tuple[str, str, list[Path], float, str, str, str]]:
+    """(name, kind, files, τ, strategy, end, switch) of every system whose models exist. DAS
+    and its τ sweep use the adapters (learning rate and training text), reading of Eq. (3),
+    end rule and switch rule the tune stage chose on validation data (before it has run:
+    each domain's adapter by validation loss, `das`, τ = 0.025, any stream may end, streams
+    switch at any token)."""
     import tune
 
-    out = [("original", "base", [], 0.0, "das", "any")]
-    choice = {"lr": None, "strategy": "das", "tau": 0.025, "end": "any", **(tune.chosen(run) or {})}
-    loras = tune.das_files(run, choice["lr"])
+    plain = (0.0, "das", "any", "token")
+    out = [("original", "base", [], *plain)]
+    choice = {"lr": None, "strategy": "das", "tau": 0.025, "end": "any", "switch": "token", "data": tune.DATA[0],
+              **(tune.chosen(run) or {})}
+    rule = (choice["strategy"], choice["end"], choice["switch"])
+    loras = tune.das_files(run, choice["lr"], choice["data"])
     if loras:
-        out += [("DAS", "adml", loras, choice["tau"], choice["strategy"], choice["end"])]
+        out += [("DAS", "adml", loras, choice["tau"], *rule)]
     for name in ("lora-multi",) + tuple(f"lora-{d}" for d in DOMAINS):
         if model_file(run, name):
-            out.append((name, "lora", [model_file(run, name)], 0.0, "das", "any"))
+            out.append((name, "lora", [model_file(run, name)], *plain))
     if loras:
-        out += [(f"DAS tau={t:g}", "adml", loras, t, choice["strategy"], choice["end"]) for t in TAUS
-                if t != choice["tau"]]
+        out += [(f"DAS tau={t:g}", "adml", loras, t, *rule) for t in TAUS if t != choice["tau"]]
     for name in ("ft-multi",) + tuple(f"ft-{d}" for d in DOMAINS) + (f"ft-last3-{DOMAINS[0]}", f"ft-enc-dec-{DOMAINS[0]}"):
         if model_file(run, name):
-            out.append((name, "finetune", [model_file(run, name)], 0.0, "das", "any"))
+            out.append((name, "finetune", [model_file(run, name)], *plain))
     return out
 
 
@@ -190,9 +203,10 @@ class Scorer:
         return self.audio[path]
 
     @staticmethod
-    def config(kind: str, files, tau: float, strategy: str = "das", end: str = "any") -> dict:
+    def config(kind: str, files, tau: float, strategy: str = "das", end: str = "any", switch: str = "token") -> dict:
         config = {"kind": kind, "files": [Path(f).name for f in files], "tau": tau, "strategy": strategy}
-        return config if end == "any" else {**config, "end": end}  # scores made before `end` stay valid
+        # Scores made before `end` and `switch` existed stay valid: each is recorded only when not the default.
+        return {**config, **({"end": end} if end != "any" else {}), **({"switch": switch} if switch != "token" else {})}
 
     @staticmethod
     def is_done(out: Path, config: dict) -> bool:
@@ -211,7 +225,8 @@ class Scorer:
             model, decode_fn, kind = self.base, whisper_min.decode, config["kind"]
             if kind in ("adml", "lora"):
                 decode_fn = adml.make_decoder(self.base, [str(f) for f in files], tau=config["tau"],
-                                              strategy=config["strategy"], end=config.get("end", "any"))
+                                              strategy=config["strategy"], end=config.get("end", "any"),
+                                              switch=config.get("switch", "token"))
             elif kind == "finetune":
                 model = whisper_min.load_model(self.args.model, device=self.args.device)  # a fresh copy
                 train.load_finetune(files[0], model)
@@ -305,6 +320,8 @@ def main() -> int:
     p.add_argument("--epochs", type=float, default=4, help="epochs per training run (the best one is kept)")
     p.add_argument("--lora-lrs", default="1e-4,3e-4", help="LoRA learning-rate grid, every domain (tune picks)")
     p.add_argument("--ft-lrs", default="1e-5,3e-5", help="full fine-tuning learning-rate grid, first domain")
+    p.add_argument("--statements-lrs", default="", help="also train each domain's LoRA at these rates on its training "
+                   "split plus the statements datagen rejected (bench/statements.py; the tune stage weighs them)")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
     p.add_argument("--systems", default="*", help="eval: only systems matching these comma-separated globs")
     p.add_argument("--sets", default="*", help="eval: only test sets matching these comma-separated globs")
@@ -313,6 +330,7 @@ def main() -> int:
     args = p.parse_args()
     args.lora_lrs = [float(x) for x in args.lora_lrs.split(",")]
     args.ft_lrs = [float(x) for x in args.ft_lrs.split(",")]
+    args.statements_lrs = [float(x) for x in args.statements_lrs.split(",") if x.strip()]
     args.methods = set(args.methods.split(","))
     stages = args.stages.split(",")
     unknown = sorted(set(stages) - set(STAGES))

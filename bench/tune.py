@@ -11,7 +11,13 @@ Two steps, each a grid of candidates:
      readings take the most confident stream, so it is one candidate), on the short sets;
   2. at step 1's rate and reading: each τ of TUNE_TAUS with each end rule (`any` stream may
      end the transcript, or only the `base`: adml_select.base_ends), on the short sets and two
-     long-form sets. Step 1 could not see the end rule: its sets are single sentences.
+     long-form sets. Step 1 could not see the end rule: its sets are single sentences;
+  3. at step 2's rate, reading and end rule: each τ of TUNE_TAUS with each switch rule (streams
+     may change at any `token`, or only between words: adml_select.keep_word), on all sets.
+     Step 2's candidates are its `token` half, so only the `word` half is new;
+  4. (only with reproduce.py --statements-lrs) at step 3's rate, reading, end and switch rules:
+     each τ of TUNE_TAUS with the adapters trained on requests alone (step 3's scores) or on
+     requests plus in-domain statements (bench/statements.py), on all sets.
 
 Validation sets, none of them a test set:
   <domain>   each domain's validation split (10% of its synthetic training texts, held out
@@ -28,7 +34,8 @@ the test sets use. Long-form (step 2 only; study_data.join_clips, up to 25 s a c
 The rule, for each step: keep the candidates whose WER on each out-of-domain set is at
 most MAX_OOD_RISE (2%, the issue's out-of-domain target) above the original model's; among
 them take the lowest mean WER over the in-domain sets, ties going to the larger τ (nearer
-the original model), then to end `any`. τ above 1 is the original model, so the rule can
+the original model), then to end `any`, then to switch `token` (Algorithm 1 as written), then
+to the requests-only adapters. τ above 1 is the original model, so the rule can
 always fall back on it.
 """
 
@@ -41,6 +48,8 @@ from study_data import DOMAINS, OOD_VAL, OOD_VALS, join_clips, log, read_rows
 TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3)
 READINGS = ("das", "max-only")
 ENDS = ("any", "base")  # adml_select.ENDS; not imported, so that this module loads without torch
+SWITCHES = ("token", "word")  # adml_select.SWITCHES, likewise
+DATA = ("requests", "statements")  # the adapters' training text: datagen's requests, or plus statements
 MAX_OOD_RISE = 0.02
 LONG_IN_DOMAIN, LONG_OOD = "long-domains", "long-ood"
 IN_DOMAIN = DOMAINS + (LONG_IN_DOMAIN,)
@@ -76,19 +85,34 @@ def end_candidates(first: dict) -> list[dict]:
             for e in ENDS for t in TUNE_TAUS]
 
 
+def switch_candidates(second: dict) -> list[dict]:
+    """Step 3, at step 2's choice."""
+    return [{**c, "end": second["end"], "switch": w} for w in SWITCHES
+            for c in end_candidates(second) if c["end"] == ENDS[0]]
+
+
+def data_candidates(third: dict) -> list[dict]:
+    """Step 4, at step 3's choice."""
+    return [{**c, "data": data} for data in DATA for c in switch_candidates(third) if c["switch"] == third["switch"]]
+
+
 def label(c: dict) -> str:
-    end = c.get("end", "any")
-    return f"lr{c['lr']:g} {c['strategy']} tau={c['tau']:g}" + ("" if end == "any" else f" end={end}")
+    end, switch = c.get("end", "any"), c.get("switch", "token")
+    stmt = " stmt" if c.get("data", DATA[0]) == "statements" else ""
+    return (f"lr{c['lr']:g}{stmt} {c['strategy']} tau={c['tau']:g}" + ("" if end == "any" else f" end={end}")
+            + ("" if switch == "token" else f" switch={switch}"))
 
 
-def das_files(run: Path, lr: float | None) -> list[Path] | None:
-    """The three adapters at `lr`, or each domain's own choice by validation loss (lr None)."""
-    files = [model_file(run, f"lora-{d}" + (f"-lr{lr:g}" if lr is not None else "")) for d in DOMAINS]
+def das_files(run: Path, lr: float | None, data: str = DATA[0]) -> list[Path] | None:
+    """The three adapters at `lr`, or each domain's own choice by validation loss (lr None);
+    data "statements": those trained on requests plus statements (at `lr` only)."""
+    stmt = "-stmt" if data == "statements" else ""
+    files = [model_file(run, f"lora-{d}{stmt}" + (f"-lr{lr:g}" if lr is not None else "")) for d in DOMAINS]
     return files if all(files) else None
 
 
 def chosen(run: Path) -> dict | None:
-    """The tune stage's choice {"lr", "strategy", "tau", "end"}, or None before it has run."""
+    """The tune stage's choice {"lr", "strategy", "tau", "end", "switch", "data"}, or None before it has run."""
     path = run / "tune.json"
     return json.loads(path.read_text())["chosen"] if path.is_file() else None
 
@@ -99,21 +123,26 @@ def choose(rows: list[dict], original: dict) -> dict:
     ood = [s for s in original if s not in IN_DOMAIN]
     ok = [r for r in rows if all(r["wer"][s] <= original[s] * (1 + MAX_OOD_RISE) for s in ood)]
     if not ok:
-        return {"lr": None, "strategy": "das", "tau": 1.0, "end": "any", "why": "no candidate kept out-of-domain "
+        return {"lr": None, "strategy": "das", "tau": 1.0, "end": "any", "switch": "token", "data": DATA[0],
+                "why": "no candidate kept out-of-domain "
                 f"WER within {MAX_OOD_RISE:.0%} of the original model's: τ = 1, the original model"}
-    best = min(ok, key=lambda r: (sum(r["wer"][d] for d in ind) / len(ind), -r["tau"], r.get("end", "any") != "any"))
+    best = min(ok, key=lambda r: (sum(r["wer"][d] for d in ind) / len(ind), -r["tau"], r.get("end", "any") != "any",
+                                  r.get("switch", "token") != "token", r.get("data", DATA[0]) != DATA[0]))
     return {"lr": best["lr"], "strategy": best["strategy"], "tau": best["tau"], "end": best.get("end", "any"),
+            "switch": best.get("switch", "token"), "data": best.get("data", DATA[0]),
             "why": f"lowest mean in-domain validation WER ({', '.join(ind)}) among the {len(ok)} of {len(rows)} "
                    f"candidates within {MAX_OOD_RISE:.0%} of the original model's WER on {', '.join(ood)}"}
 
 
 def score_grid(args, run: Path, scorer, grid: list[dict], files_at: dict, rows_of: dict):
+    # files_at: (lr, data) -> the three adapter files
     """Score the original model and every candidate of `grid` on every set (skipping scores
     already made) -> (scorer, {label: {set: WER}}, every score present?)."""
     todo = [("original", Scorer.config("base", [], 0.0), [])]
     for c in grid:
-        files = files_at[c["lr"]]
-        todo.append((label(c), Scorer.config("adml", files, c["tau"], c["strategy"], c.get("end", "any")), files))
+        files = files_at[c["lr"], c.get("data", DATA[0])]
+        todo.append((label(c), Scorer.config("adml", files, c["tau"], c["strategy"], c.get("end", "any"),
+                                             c.get("switch", "token")), files))
     for name, config, files in todo:
         for s, rows in rows_of.items():
             out = run / "tune" / name / f"{s}.json"
@@ -135,8 +164,8 @@ def stage_tune(args, run: Path) -> None:
         return
     rows_of = {n: read_manifest(p) for n, p in sets.items()}
     rows_of[OOD_VAL] = rows_of[OOD_VAL][: args.ood_val_count]  # a longer manifest may have been made
-    files_at = {lr: das_files(run, lr) for lr in args.lora_lrs}
-    waiting = [lr for lr, files in files_at.items() if files is None]
+    files_at = {(lr, DATA[0]): das_files(run, lr) for lr in args.lora_lrs}
+    waiting = [lr for (lr, _), files in files_at.items() if files is None]
     busy = "some scores are still being made (by another process?); no choice written yet"
 
     # The rates already trained are scored while the others still train.
@@ -159,8 +188,30 @@ def stage_tune(args, run: Path) -> None:
         if not complete:
             return log(f"tune: step 2: {busy}")
         rows = [{**c, "wer": wer[label(c)]} for c in end_candidates(first)]
+        second = choose(rows, wer["original"])
+        log(f"tune: step 2 chose {second}")
+        result.update(original_all=wer["original"], end_candidates=rows, second=second)
+
+        scorer, wer, complete = score_grid(args, run, scorer, switch_candidates(second), files_at, rows_of)
+        if not complete:
+            return log(f"tune: step 3: {busy}")
+        rows = [{**c, "wer": wer[label(c)]} for c in switch_candidates(second)]
         choice = choose(rows, wer["original"])
-        result.update(original_all=wer["original"], end_candidates=rows)
+        result.update(switch_candidates=rows)
+
+        if choice["lr"] in getattr(args, "statements_lrs", []):
+            files_at[choice["lr"], "statements"] = das_files(run, choice["lr"], "statements")
+            if files_at[choice["lr"], "statements"] is None:
+                return log(f"tune: step 4: the adapters on statements at lr {choice['lr']:g} are not trained; "
+                           "no choice written yet")
+            log(f"tune: step 3 chose {choice}")
+            third = choice
+            scorer, wer, complete = score_grid(args, run, scorer, data_candidates(third), files_at, rows_of)
+            if not complete:
+                return log(f"tune: step 4: {busy}")
+            rows = [{**c, "wer": wer[label(c)]} for c in data_candidates(third)]
+            choice = choose(rows, wer["original"])
+            result.update(third=third, data_candidates=rows)
     result.update(chosen=choice, sizes={s: len(r) for s, r in rows_of.items()})
     (run / "tune.json").write_text(json.dumps(result, indent=1) + "\n")
     log(f"tune: chose {choice}")

@@ -144,6 +144,25 @@ def test_tune_step_two_weighs_the_long_form_sets():
     assert tune.label(cands[-1]) == "lr0.0001 max-only tau=0.3 end=base"
 
 
+def test_tune_step_three_adds_word_switching_to_step_two():
+    import tune
+
+    second = {"lr": 1e-4, "strategy": "max-only", "tau": 0.025, "end": "base"}
+    cands = tune.switch_candidates(second)
+    assert len(cands) == 2 * len(tune.TUNE_TAUS) and all(c["end"] == "base" for c in cands)
+    token = [tune.label(c) for c in cands if c["switch"] == "token"]
+    assert token == [tune.label(c) for c in tune.end_candidates(second) if c["end"] == "base"]  # step 2's scores
+    assert tune.label(cands[-1]) == "lr0.0001 max-only tau=0.3 end=base switch=word"
+    original = {"music": 10.0, "everyday": 5.0}
+
+    def cand(switch, music, everyday):
+        return {**second, "switch": switch, "wer": {"music": music, "everyday": everyday}}
+
+    assert tune.choose([cand("token", 8.0, 5.0), cand("word", 8.0, 5.0)], original)["switch"] == "token"  # a tie
+    assert tune.choose([cand("token", 8.0, 5.0), cand("word", 7.0, 5.0)], original)["switch"] == "word"
+    assert tune.choose([cand("token", 8.0, 5.0), cand("word", 7.0, 5.2)], original)["switch"] == "token"  # +4%
+
+
 def test_join_clips(tmp_path):
     import numpy as np
     import soundfile as sf
@@ -183,18 +202,64 @@ def test_systems_follow_the_tuned_choice(tmp_path):
             (run / "models" / f"{name}.done.json").write_text(json.dumps({"name": name, "lr": lr, "val_loss": loss}))
     das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
     assert [f.name for f in das[2]] == [f"lora-{d}-lr0.0003.st" for d in study_data.DOMAINS]  # by validation loss
-    assert das[3:] == (0.025, "das", "any")
+    assert das[3:] == (0.025, "das", "any", "token")
     (run / "tune.json").write_text(json.dumps({"chosen": {"lr": 1e-4, "strategy": "max-only", "tau": 0.05}}))
     systems = {s[0]: s for s in reproduce.systems(run)}
     assert [f.name for f in systems["DAS"][2]] == [f"lora-{d}-lr0.0001.st" for d in study_data.DOMAINS]
-    assert systems["DAS"][3:] == (0.05, "max-only", "any")  # a tune.json from before step 2: any may end
-    assert "DAS tau=0.05" not in systems and systems["DAS tau=0.025"][3:] == (0.025, "max-only", "any")
+    assert systems["DAS"][3:] == (0.05, "max-only", "any", "token")  # a tune.json from before steps 2 and 3
+    assert "DAS tau=0.05" not in systems and systems["DAS tau=0.025"][3:] == (0.025, "max-only", "any", "token")
     (run / "tune.json").write_text(json.dumps({"chosen": {"lr": 1e-4, "strategy": "max-only", "tau": 0.1,
-                                                          "end": "base"}}))
+                                                          "end": "base", "switch": "word"}}))
     systems = {s[0]: s for s in reproduce.systems(run)}
-    assert systems["DAS"][3:] == (0.1, "max-only", "base") and systems["DAS tau=0"][3:] == (0.0, "max-only", "base")
+    assert systems["DAS"][3:] == (0.1, "max-only", "base", "word")
+    assert systems["DAS tau=0"][3:] == (0.0, "max-only", "base", "word")
     assert [f.name for f in systems["lora-music"][2]] == ["lora-music-lr0.0003.st"]  # single models: by loss
     assert tune.chosen(run)["tau"] == 0.1
+
+
+def test_tune_step_four_weighs_adapters_trained_on_statements(tmp_path):
+    import tune
+
+    third = {"lr": 1e-4, "strategy": "max-only", "tau": 0.025, "end": "base", "switch": "token"}
+    cands = tune.data_candidates(third)
+    assert len(cands) == 2 * len(tune.TUNE_TAUS) and all(c["switch"] == "token" for c in cands)
+    requests = [tune.label(c) for c in cands if c["data"] == "requests"]
+    assert requests == [tune.label(c) for c in tune.switch_candidates(third) if c["switch"] == "token"]  # step 3's
+    assert tune.label(cands[-1]) == "lr0.0001 stmt max-only tau=0.3 end=base"
+    original = {"music": 10.0, "everyday": 5.0}
+    rows = [{**c, "wer": {"music": 8.0, "everyday": 5.0}} for c in cands if c["tau"] == 0.025]
+    assert tune.choose(rows, original)["data"] == "requests"  # a tie: the adapters of steps 1-3
+    rows[1]["wer"]["music"] = 7.5
+    assert tune.choose(rows, original)["data"] == "statements"
+
+    run = tmp_path / "run"
+    (run / "models").mkdir(parents=True)
+    for d in study_data.DOMAINS:
+        for name in (f"lora-{d}-lr0.0001", f"lora-{d}-stmt-lr0.0001"):
+            (run / "models" / f"{name}.done.json").write_text(json.dumps({"name": name, "lr": 1e-4, "val_loss": 0.1}))
+    assert [f.name for f in tune.das_files(run, 1e-4)] == [f"lora-{d}-lr0.0001.st" for d in study_data.DOMAINS]
+    (run / "tune.json").write_text(json.dumps({"chosen": {**third, "data": "statements"}}))
+    das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
+    assert [f.name for f in das[2]] == [f"lora-{d}-stmt-lr0.0001.st" for d in study_data.DOMAINS]
+    assert [f.name for f in reproduce.systems(run)[2][2]] == ["lora-music-lr0.0001.st"]  # single models: requests
+
+
+def test_statements_come_back_from_the_rejects(tmp_path):
+    import statements
+
+    run = tmp_path / "run"
+    train = run / "data" / "train" / "music"
+    write_manifest(train / "manifest.jsonl", ["Play Adele.", "What is jazz?"], "flite:slt")
+    write_manifest(run / "data" / "test_raw" / "music" / "test.jsonl", ["Adele sings soul."], "flite:kal16")
+    study_data.write_rows(train / "rejects.jsonl", [
+        {"text": "The Beatles released Abbey Road in 1969.", "reason": "not_a_request"},
+        {"text": "Adele sings soul.", "reason": "not_a_request"},             # a test text: never trained on
+        {"text": "Here are some facts about music:", "reason": "preamble"},  # dropped for another reason
+        {"text": "Jazz was born in New Orleans", "reason": "not_a_request"},
+        {"text": "jazz was born in new orleans!", "reason": "not_a_request"},  # a duplicate of the one above
+        {"text": "Hi there", "reason": "not_a_request"}])                    # fails another rule on a recheck
+    assert statements.statements(run, "music") == ["The Beatles released Abbey Road in 1969.",
+                                                   "Jazz was born in New Orleans"]
 
 
 def test_report_leaves_out_a_stale_tau_sweep(tmp_path):
@@ -218,14 +283,16 @@ def test_a_score_is_redone_when_its_system_changes(tmp_path):
     study_data.write_rows(out, [{"system": "DAS", "wer": 5.0, "config": config}])
     assert reproduce.Scorer.is_done(out, config)
     assert not reproduce.Scorer.is_done(out, {**config, "strategy": "max-only"})
-    # `end` is recorded only when it is not the default, so scores made before it stay valid.
-    assert reproduce.Scorer.config("adml", [], 0.1, "das", "any") == reproduce.Scorer.config("adml", [], 0.1, "das")
-    assert not reproduce.Scorer.is_done(out, reproduce.Scorer.config("adml", [Path("lora-music-lr0.0003.st")],
-                                                                     0.025, "das", "base"))
+    # `end` and `switch` are recorded only when not the default, so scores made before them stay valid.
+    assert reproduce.Scorer.config("adml", [], 0.1, "das", "any", "token") == reproduce.Scorer.config("adml", [], 0.1,
+                                                                                                        "das")
+    for rule in (("base", "token"), ("any", "word")):
+        assert not reproduce.Scorer.is_done(out, reproduce.Scorer.config("adml", [Path("lora-music-lr0.0003.st")],
+                                                                         0.025, "das", *rule))
     assert not reproduce.Scorer.is_done(out, {**config, "files": ["lora-music-lr0.0001.st"]})
 
 
-def test_report_tune_section_shows_both_steps(tmp_path):
+def test_report_tune_section_shows_every_step(tmp_path):
     import tune
 
     original = {"music": 10.0, "weather": 10.0, "sports": 10.0, "everyday": 5.0, "fortunes": 20.0}
@@ -236,10 +303,18 @@ def test_report_tune_section_shows_both_steps(tmp_path):
              for c in tune.end_candidates(first)]
     (tmp_path / "tune.json").write_text(json.dumps({
         "first": first, "original": original, "candidates": [{**first, "wer": wer}], "original_all": original_all,
-        "end_candidates": steps, "chosen": {**first, "end": "base", "why": "step two's reason"},
+        "end_candidates": steps, "second": {**first, "end": "base", "why": "step two's reason"},
+        "switch_candidates": [{**c, "switch": "word", "wer": original_all} for c in steps if c["end"] == "base"],
+        "third": {**first, "end": "base", "switch": "word", "why": "step three's reason"},
+        "data_candidates": [{**c, "switch": "word", "data": d, "wer": original_all} for d in ("requests", "statements")
+                            for c in steps if c["end"] == "base"],
+        "chosen": {**first, "end": "base", "switch": "word", "data": "statements", "why": "step four's reason"},
         "sizes": {s: 10 for s in original_all}}))
     text = report.tune_section(tmp_path)
     assert "| 0.0001 | max-only | 0.05 | 8.00 (-20.0%) | 10.00 (+0.0%) |" in text
     assert "| 0.3 | base |" in text and "4.40 (+10.0%)" in text
     assert "Step 1 chose: lr 0.0001, max-only, τ = 0.05: step one's reason." in text
-    assert "base may end the transcript: step two's reason." in text
+    assert "Step 2 chose: lr 0.0001, max-only, τ = 0.05, base may end the transcript: step two's reason." in text
+    assert "| 0.3 | word |" in text and "streams switch only between words: step three's reason." in text
+    assert "| statements | 0.3 |" in text
+    assert "Chosen: the adapters trained on requests and statements, τ = 0.05: step four's reason." in text
