@@ -4,7 +4,7 @@ In-domain validation loss cannot see what an adapter forgets out of its domain, 
 leaves one branch of Eq. (3) open. So this stage decodes validation speech with every
 candidate and picks one by a rule fixed before any candidate was scored.
 
-Two steps, each a grid of candidates:
+Up to four steps, each a grid of candidates:
   1. each LoRA learning rate of the grid (one adapter per domain at each rate), the two
      readings of Eq. (3)'s min-only case (`das`: the least confident stream; `max-only`:
      the base keeps its word; see adml_select.select), and each τ of TUNE_TAUS (at τ = 0 both
@@ -27,7 +27,7 @@ Validation sets, none of them a test set:
   fortunes   out of domain: short sentences people wrote (the fortunes-min package), not
              requests to an assistant at all.
 Both out-of-domain sets are spoken by study_data.OOD_VAL_VOICES, which neither training nor
-the test sets use. Long-form (step 2 only; study_data.join_clips, up to 25 s a clip):
+the test sets use. Long-form (steps 2 to 4; study_data.join_clips, up to 25 s a clip):
   long-domains   the domains' validation utterances joined (in domain);
   long-ood       everyday and fortunes joined (out of domain).
 
@@ -135,9 +135,9 @@ def choose(rows: list[dict], original: dict) -> dict:
 
 
 def score_grid(args, run: Path, scorer, grid: list[dict], files_at: dict, rows_of: dict):
-    # files_at: (lr, data) -> the three adapter files
     """Score the original model and every candidate of `grid` on every set (skipping scores
-    already made) -> (scorer, {label: {set: WER}}, every score present?)."""
+    already made) -> (scorer, {label: {set: WER}}, every score present?). files_at:
+    (lr, training text) -> the three adapter files."""
     todo = [("original", Scorer.config("base", [], 0.0), [])]
     for c in grid:
         files = files_at[c["lr"], c.get("data", DATA[0])]
@@ -188,30 +188,32 @@ def stage_tune(args, run: Path) -> None:
         if not complete:
             return log(f"tune: step 2: {busy}")
         rows = [{**c, "wer": wer[label(c)]} for c in end_candidates(first)]
-        second = choose(rows, wer["original"])
-        log(f"tune: step 2 chose {second}")
-        result.update(original_all=wer["original"], end_candidates=rows, second=second)
+        choice = choose(rows, wer["original"])
+        result.update(original_all=wer["original"], end_candidates=rows)
 
+    if choice["lr"] is not None and "end_candidates" in result:  # step 3, from step 2's candidate
+        second = choice
+        log(f"tune: step 2 chose {second}")
         scorer, wer, complete = score_grid(args, run, scorer, switch_candidates(second), files_at, rows_of)
         if not complete:
             return log(f"tune: step 3: {busy}")
         rows = [{**c, "wer": wer[label(c)]} for c in switch_candidates(second)]
         choice = choose(rows, wer["original"])
-        result.update(switch_candidates=rows)
+        result.update(second=second, switch_candidates=rows)
 
-        if choice["lr"] in getattr(args, "statements_lrs", []):
-            files_at[choice["lr"], "statements"] = das_files(run, choice["lr"], "statements")
-            if files_at[choice["lr"], "statements"] is None:
-                return log(f"tune: step 4: the adapters on statements at lr {choice['lr']:g} are not trained; "
-                           "no choice written yet")
-            log(f"tune: step 3 chose {choice}")
-            third = choice
-            scorer, wer, complete = score_grid(args, run, scorer, data_candidates(third), files_at, rows_of)
-            if not complete:
-                return log(f"tune: step 4: {busy}")
-            rows = [{**c, "wer": wer[label(c)]} for c in data_candidates(third)]
-            choice = choose(rows, wer["original"])
-            result.update(third=third, data_candidates=rows)
+    if choice["lr"] in getattr(args, "statements_lrs", []) and "switch_candidates" in result:  # step 4
+        files_at[choice["lr"], "statements"] = das_files(run, choice["lr"], "statements")
+        if files_at[choice["lr"], "statements"] is None:
+            return log(f"tune: step 4: the adapters on statements at lr {choice['lr']:g} are not trained; "
+                       "no choice written yet")
+        third = choice
+        log(f"tune: step 3 chose {third}")
+        scorer, wer, complete = score_grid(args, run, scorer, data_candidates(third), files_at, rows_of)
+        if not complete:
+            return log(f"tune: step 4: {busy}")
+        rows = [{**c, "wer": wer[label(c)]} for c in data_candidates(third)]
+        choice = choose(rows, wer["original"])
+        result.update(third=third, data_candidates=rows)
     result.update(chosen=choice, sizes={s: len(r) for s, r in rows_of.items()})
     (run / "tune.json").write_text(json.dumps(result, indent=1) + "\n")
     log(f"tune: chose {choice}")
