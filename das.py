@@ -36,7 +36,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="which streams may end the transcript: base (default; an adapter's end-of-text is never "
                         "taken, and the base's always is) or any (Algorithm 1 as written)")
     p.add_argument("--switch", default=DEFAULT_SWITCH, choices=SWITCHES,
-                   help=f"where the transcript may change streams: token (any token, as in Algorithm 1) or word "
+                   help="where the transcript may change streams: token (any token, as in Algorithm 1) or word "
                         f"(only between words: the stream that began a word finishes it) (default {DEFAULT_SWITCH})")
 
 

@@ -6,9 +6,10 @@ dropped while generating the training data are in-domain statements ("The score 
 Arsenal game was 1-0."). This script takes them back from each domain's rejects.jsonl,
 checks them again with every other rule (duplicates against that domain's training,
 validation and test texts included), speaks them with the training voices, and writes
-runs/<run>/data/statements/<domain>/manifest.jsonl. bench/reproduce.py --statements then
-trains a second set of adapters on the training split plus these, and the tune stage
-weighs them against the first on validation speech. No LLM call: it costs TTS time only.
+runs/<run>/data/statements/<domain>/manifest.jsonl. bench/reproduce.py --statements-lrs
+then trains a second set of adapters on the training split plus these (its train stage
+calls `speak` itself), and the tune stage weighs them against the first on validation
+speech. No LLM call: it costs TTS time only.
 
     python bench/statements.py --run runs/session
 """
