@@ -284,11 +284,10 @@ def test_a_score_is_redone_when_its_system_changes(tmp_path):
     assert reproduce.Scorer.is_done(out, config)
     assert not reproduce.Scorer.is_done(out, {**config, "strategy": "max-only"})
     # `end` and `switch` are recorded only when not the default, so scores made before them stay valid.
-    assert reproduce.Scorer.config("adml", [], 0.1, "das", "any", "token") == reproduce.Scorer.config("adml", [], 0.1,
-                                                                                                        "das")
+    make = reproduce.Scorer.config
+    assert make("adml", [], 0.1, "das", "any", "token") == make("adml", [], 0.1, "das")
     for rule in (("base", "token"), ("any", "word")):
-        assert not reproduce.Scorer.is_done(out, reproduce.Scorer.config("adml", [Path("lora-music-lr0.0003.st")],
-                                                                         0.025, "das", *rule))
+        assert not reproduce.Scorer.is_done(out, make("adml", [Path("lora-music-lr0.0003.st")], 0.025, "das", *rule))
     assert not reproduce.Scorer.is_done(out, {**config, "files": ["lora-music-lr0.0001.st"]})
 
 
