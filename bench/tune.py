@@ -181,24 +181,32 @@ def stage_tune(args, run: Path) -> None:
     log(f"tune: step 1 chose {first}")
     result = {"first": first, "original": wer["original"], "candidates": rows}
 
+    def step(n: int, grid: list[dict]) -> tuple[list[dict], dict] | None:
+        """Steps 2-4: (candidates with their WER, the original model's WER), or None while
+        another process still scores."""
+        nonlocal scorer
+        scorer, wer, complete = score_grid(args, run, scorer, grid, files_at, rows_of)
+        if not complete:
+            log(f"tune: step {n}: {busy}")
+            return None
+        return [{**c, "wer": wer[label(c)]} for c in grid], wer["original"]
+
     choice = first
     if first["lr"] is not None:  # step 2 starts from a candidate, not from the fallback
         rows_of.update({n: read_manifest(p) for n, p in long_sets(run, rows_of).items()})
-        scorer, wer, complete = score_grid(args, run, scorer, end_candidates(first), files_at, rows_of)
-        if not complete:
-            return log(f"tune: step 2: {busy}")
-        rows = [{**c, "wer": wer[label(c)]} for c in end_candidates(first)]
-        choice = choose(rows, wer["original"])
-        result.update(original_all=wer["original"], end_candidates=rows)
+        if not (scored := step(2, end_candidates(first))):
+            return
+        rows, original = scored
+        choice = choose(rows, original)
+        result.update(original_all=original, end_candidates=rows)
 
     if choice["lr"] is not None and "end_candidates" in result:  # step 3, from step 2's candidate
         second = choice
         log(f"tune: step 2 chose {second}")
-        scorer, wer, complete = score_grid(args, run, scorer, switch_candidates(second), files_at, rows_of)
-        if not complete:
-            return log(f"tune: step 3: {busy}")
-        rows = [{**c, "wer": wer[label(c)]} for c in switch_candidates(second)]
-        choice = choose(rows, wer["original"])
+        if not (scored := step(3, switch_candidates(second))):
+            return
+        rows, original = scored
+        choice = choose(rows, original)
         result.update(second=second, switch_candidates=rows)
 
     if choice["lr"] in getattr(args, "statements_lrs", []) and "switch_candidates" in result:  # step 4
@@ -208,11 +216,10 @@ def stage_tune(args, run: Path) -> None:
                        "no choice written yet")
         third = choice
         log(f"tune: step 3 chose {third}")
-        scorer, wer, complete = score_grid(args, run, scorer, data_candidates(third), files_at, rows_of)
-        if not complete:
-            return log(f"tune: step 4: {busy}")
-        rows = [{**c, "wer": wer[label(c)]} for c in data_candidates(third)]
-        choice = choose(rows, wer["original"])
+        if not (scored := step(4, data_candidates(third))):
+            return
+        rows, original = scored
+        choice = choose(rows, original)
         result.update(third=third, data_candidates=rows)
     result.update(chosen=choice, sizes={s: len(r) for s, r in rows_of.items()})
     (run / "tune.json").write_text(json.dumps(result, indent=1) + "\n")
