@@ -319,7 +319,7 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
     counts = torch.zeros(U, S, dtype=torch.long, device=tokens.device)
     rows = torch.arange(U, device=tokens.device)
     owner = torch.zeros(U, dtype=torch.long, device=tokens.device)  # the stream that chose the last token
-    pieces = word_pieces(tokenizer, n_vocab) if switch == "word" else None
+    pieces = word_pieces(tokenizer, n_vocab).to(tokens.device) if switch == "word" else None  # (V,), moved once
     for _ in range(sample_len):
         flat = logits.reshape(S * U, -1)  # (S*U, V), stream-major like tokens.repeat(S, 1)
         filters(flat, tokens.repeat(S, 1))

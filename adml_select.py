@@ -92,12 +92,12 @@ _PIECES: dict = {}
 def keep_word(chosen: Tensor, owner: Tensor, candidates: Tensor, pieces: Tensor) -> Tensor:
     """`select`'s choice (U,) with streams changing only between words: where the stream
     that chose the last token (`owner`, (U,)) now proposes a piece of the same word
-    (`pieces`, from `word_pieces`), its token is taken. Why: each stream segments words
+    (`pieces`, from `word_pieces`, on the candidates' device), its token is taken. Why: each stream segments words
     into BPE tokens its own way, and a switch inside a word splices two segmentations
     ("thunder" + "s storm", "4" + " 2023" for "4th"). Eq. (3) still decides at every
     word boundary, as judged by the stream that began the word."""
     own = candidates.gather(0, owner[None])[0]  # (U,): the owner's proposal
-    return torch.where(pieces.to(own.device)[own], owner, chosen)
+    return torch.where(pieces[own], owner, chosen)
 
 
 def check_options(tau, strategy: str, end: str, switch: str = "token") -> float:
