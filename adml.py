@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adml_select import (ENDS, STRATEGIES, SWITCHES, base_ends, check_options, check_tau,  # noqa: F401 (adml's API)
-                         keep_word, select, word_pieces)
+from adml_select import (ENDS, STRATEGIES, SWITCHES, base_ends, base_guard,  # noqa: F401 (adml's API)
+                         check_options, check_tau, keep_word, select, word_pieces)
 from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, pick
 from whisper_min.model import KVCache, MultiHeadAttention, Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -297,9 +297,10 @@ class BatchedStreams:
 
 
 def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: DecodingOptions, n_vocab: int,
-        n_text_ctx: int, tau: float, strategy: str, end: str = "any", switch: str = "token") -> list[DecodingResult]:
-    """Algorithm 1 for U utterances (`keep_word` follows `select` with switch="word", then
-    `base_ends` with end="base").
+        n_text_ctx: int, tau: float, strategy: str, end: str = "any", switch: str = "token",
+        guard: int = 0) -> list[DecodingResult]:
+    """Algorithm 1 for U utterances (`select`, then `base_guard` with guard > 0, `keep_word`
+    with switch="word" and `base_ends` with end="base").
     `streams` (BatchedStreams, or the reference's SequentialStreams) has `prefill(tokens)`
     and `step(token, offset)` giving every stream's next-token logits (S, U, V); all the
     rest is shared, so the two differ only there."""
@@ -327,6 +328,7 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
         logprobs = F.log_softmax(flat.float(), dim=-1).view(S, U, -1)  # (S, U, V)
         conf = logprobs.max(dim=-1).values.exp()  # c_i: the largest softmax probability
         chosen = select(conf, candidates, tau, strategy)  # (U,)
+        chosen = base_guard(chosen, candidates, logprobs[0], guard)
         if pieces is not None:
             chosen = keep_word(chosen, owner, candidates, pieces)
         if end == "base":
@@ -363,7 +365,7 @@ def _audio_features(model: Whisper, mel: Tensor, audio_features: Tensor | None) 
 @torch.inference_mode()
 def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
            audio_features: Tensor | None = None, adapters=(), tau: float = 0.025,
-           strategy: str = "das", end: str = "any", switch: str = "token") -> list[DecodingResult]:
+           strategy: str = "das", end: str = "any", switch: str = "token", guard: int = 0) -> list[DecodingResult]:
     """`whisper_min.decode` with k adapters decoded alongside the base (batched, one pass).
 
     adapters: Adapter objects (`.name`, `.deltas`), deltas dicts, or a StackedAdapters made
@@ -373,30 +375,32 @@ def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingO
     same confidences; the log-probability summed is the chosen stream's. end="base": only
     the base may end the transcript (`base_ends`); "any" is Algorithm 1 as written.
     switch="word": streams change only between words (`keep_word`); "token" is Algorithm 1.
+    guard=k > 0: an adapter's token is taken only if it is among the base's k likeliest
+    (`base_guard`); 0 is Algorithm 1.
     The model's decoder modules are swapped for the duration and restored, even on error;
     do not decode with the same model object from two threads at once.
     """
-    tau = check_options(tau, strategy, end, switch)
+    tau = check_options(tau, strategy, end, switch, guard)
     stack = stack_adapters(adapters, model)
     features = _audio_features(model, mel, audio_features)
     with swapped(model, multi_lora_modules(model, stack) if stack.k else {}):
         streams = BatchedStreams(model, stack.k, features)
         return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy,
-                   end, switch)
+                   end, switch, guard)
 
 
 def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das", single: str = "lora",
-                 end: str = "any", switch: str = "token"):
+                 end: str = "any", switch: str = "token", guard: int = 0):
     """Adapter files -> a `decode_fn(model, mel, tokenizer, options, audio_features=None)` for
     `whisper_min.transcribe`. Loads each adapter once (lora.load_adapter raises for a file made
-    for another base model); raises ValueError for a file given twice, a bad tau, strategy, end or switch.
+    for another base model); raises ValueError for a file given twice, a bad tau, strategy, end, switch or guard.
     One file with single="lora" is plain decoding with that adapter merged in (the issue's
     "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead."""
     import os
 
     import lora  # only here: adml itself works on any Adapter-like objects
 
-    tau = check_options(tau, strategy, end, switch)
+    tau = check_options(tau, strategy, end, switch, guard)
     real = [os.path.realpath(p) for p in paths]
     dupes = sorted({p for p, r in zip(paths, real) if real.count(r) > 1})
     if dupes:
@@ -410,7 +414,7 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
     else:
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy,
-                          end=end, switch=switch)
+                          end=end, switch=switch, guard=guard)
 
     decode_fn.adapter_names = stack.names
     return decode_fn

@@ -68,11 +68,12 @@ class SequentialStreams:
 @torch.inference_mode()
 def decode_sequential(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
                       audio_features: Tensor | None = None, adapters=(), tau: float = 0.025, strategy: str = "das",
-                      merged: bool = False, end: str = "any", switch: str = "token") -> list[DecodingResult]:
+                      merged: bool = False, end: str = "any", switch: str = "token",
+                      guard: int = 0) -> list[DecodingResult]:
     """The reference for `decode`: every adapter's model run on its own at each step,
     as base + B (A x) or, with merged=True, with W0 + B A merged into the weights."""
-    tau = check_options(tau, strategy, end, switch)
+    tau = check_options(tau, strategy, end, switch, guard)
     features = _audio_features(model, mel, audio_features)
     streams = SequentialStreams(model, adapters, features, merged)
     return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy, end,
-               switch)
+               switch, guard)

@@ -1,7 +1,7 @@
 """ADML's selection rule: which stream's next token the shared transcript takes (DAS paper,
 Eq. 3), and the options that go with it. adml.run calls `select` once per decoding step,
-then `keep_word` when streams may change only between words, then `base_ends` when only
-the base may end the transcript.
+then `base_guard` when the base vets the adapters' tokens, then `keep_word` when streams
+may change only between words, then `base_ends` when only the base may end the transcript.
 
 Shapes: S streams (stream 0 is the base model, 1..k the adapters), U utterances.
 """
@@ -71,6 +71,20 @@ def base_ends(chosen: Tensor, candidates: Tensor, eot: int) -> Tensor:
                        torch.zeros_like(chosen), chosen)
 
 
+def base_guard(chosen: Tensor, candidates: Tensor, base_logprobs: Tensor, k: int) -> Tensor:
+    """`select`'s choice (U,) with an adapter's token taken only where it is among the base's
+    k likeliest tokens (`base_logprobs`, (U, V)); elsewhere the base's token is taken. k = 0
+    turns the guard off. The idea: an adapter may re-rank what the base heard, but not put
+    in a word the base finds unlikely. Tried against the real-speech regression, it barely
+    helped: there the base itself ranked most of the adapters' wrong words second (RESULTS.md)."""
+    if k <= 0:
+        return chosen
+    own = candidates.gather(0, chosen[None])[0]  # (U,): the chosen stream's token
+    lp = base_logprobs.gather(1, own[:, None])  # (U, 1): the base's log-probability of it
+    rank = (base_logprobs > lp).sum(dim=-1)  # (U,): tokens the base finds likelier; 0 = its own pick
+    return torch.where(rank < k, chosen, torch.zeros_like(chosen))
+
+
 def word_pieces(tokenizer, n_vocab: int) -> Tensor:
     """(V,) bool: True for the text tokens that carry on the word before them (no leading
     space, and a letter, digit, apostrophe or a piece of a multi-byte character first:
@@ -100,14 +114,17 @@ def keep_word(chosen: Tensor, owner: Tensor, candidates: Tensor, pieces: Tensor)
     return torch.where(pieces[own], owner, chosen)
 
 
-def check_options(tau, strategy: str, end: str, switch: str = "token") -> float:
-    """tau as a float (`check_tau`); a ValueError for an unknown strategy, end or switch."""
+def check_options(tau, strategy: str, end: str, switch: str = "token", guard: int = 0) -> float:
+    """tau as a float (`check_tau`); a ValueError for an unknown strategy, end or switch, or
+    a guard that is not a whole number >= 0."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
     if end not in ENDS:
         raise ValueError(f"end must be one of {', '.join(ENDS)}; not {end!r}")
     if switch not in SWITCHES:
         raise ValueError(f"switch must be one of {', '.join(SWITCHES)}; not {switch!r}")
+    if isinstance(guard, bool) or not isinstance(guard, int) or guard < 0:
+        raise ValueError(f"guard must be a whole number >= 0 (0: off), not {guard!r}")
     return check_tau(tau)
 
 

@@ -18,7 +18,8 @@ from adml import ENDS, STRATEGIES, SWITCHES, check_tau
 # leaves open what that condition picks, and `--strategy das` is our literal reading of it.
 # end "base": only the base model ends the transcript; `--end any` is Algorithm 1 as written.
 # switch "token": streams may change at any token, as in Algorithm 1; "word": only between words.
-DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END, DEFAULT_SWITCH = 0.025, "max-only", "base", "token"
+# guard 0: no guard, as in Algorithm 1; k > 0: an adapter's token must be among the base's k likeliest.
+DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END, DEFAULT_SWITCH, DEFAULT_GUARD = 0.025, "max-only", "base", "token", 0
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,20 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--switch", default=DEFAULT_SWITCH, choices=SWITCHES,
                    help="where the transcript may change streams: token (any token, as in Algorithm 1) or word "
                         f"(only between words: the stream that began a word finishes it) (default {DEFAULT_SWITCH})")
+    p.add_argument("--guard", default=DEFAULT_GUARD, type=guard_argument, metavar="K",
+                   help="take an adapter's token only if it is among the base model's K likeliest tokens; "
+                        f"0 turns the guard off, as in Algorithm 1 (default {DEFAULT_GUARD})")
+
+
+def guard_argument(value: str) -> int:
+    """--guard is checked while parsing, like --tau."""
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {value!r}") from None
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {value!r}")
+    return k
 
 
 def tau_argument(value: str) -> float:
@@ -118,7 +133,8 @@ def load_decoder(args, model):
     paths = [p.strip() for p in args.loras.split(",") if p.strip()]
     if not paths:
         return decode
-    return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy, end=args.end, switch=args.switch)
+    return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy, end=args.end, switch=args.switch,
+                             guard=args.guard)
 
 
 def main(argv=None) -> int:

@@ -200,7 +200,7 @@ def main(args) -> int:
     print(format_table(results), flush=True)
     config = {"model": str(args.model), "loras": [p for p in args.loras.split(",") if p.strip()],
               "tau": float(args.tau), "strategy": args.strategy, "end": args.end, "switch": args.switch,
-              "device": args.device}
+              "guard": args.guard, "device": args.device}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_name(args.json.name + ".tmp")  # never a half-written results file

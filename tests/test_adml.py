@@ -193,7 +193,7 @@ def test_batched_equals_sequential_tokens_and_text(tiny, tokenizer, strategy):
         assert any(sum(r.stream_tokens[1:]) > 0 for r in got)
 
 
-@pytest.mark.parametrize("rule", [{"end": "base"}, {"switch": "word"}])
+@pytest.mark.parametrize("rule", [{"end": "base"}, {"switch": "word"}, {"guard": 50}])
 def test_end_and_switch_rules_batched_equal_sequential(tiny, tokenizer, rule):
     adapters, audio = tiny_adapters(tiny), tiny_features(U=2)
     got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0, **rule)
@@ -265,6 +265,29 @@ def test_switch_word_keeps_a_word_with_the_stream_that_began_it(tiny, tokenizer)
     assert got.text == "on the 4th" and got.stream_tokens == [len(base) - 1, 0]
 
 
+def test_guard_keeps_an_adapter_from_putting_in_a_word_the_base_finds_unlikely(tiny, tokenizer):
+    words = tokenizer.encode(" to exit the menu")
+    eot, V = tokenizer.eot, tiny.dims.n_vocab
+    base = words + [eot]
+    adapter = tokenizer.encode(" do") + words[1:] + [eot]  # surer than the base of a word the base ranks low
+    options = DecodingOptions(sample_len=8, without_timestamps=True)
+
+    class BaseAlsoHears(ScriptedStreams):  # the base's runner-up is the adapter's word, except " do"
+        def _next(self):
+            t, logits = self.t, super()._next()
+            logits[0, 0, self.scripts[1][min(t, len(self.scripts[1]) - 1)]] = 5.0 if t else -5.0
+            return logits
+
+    def decode_with(guard):
+        streams = BaseAlsoHears([base, adapter], [11.0, 13.0], V)
+        return adml.run(streams, torch.zeros(1, 4, 8), tokenizer, options, V, 448, 0.025, "max-only", "any",
+                        "token", guard)[0]
+
+    assert decode_with(0).text == "do exit the menu"  # Algorithm 1: the surer adapter's word
+    got = decode_with(2)
+    assert got.text == "to exit the menu" and got.stream_tokens == [1, len(words) - 1]  # later words: the adapter's
+
+
 def test_tau_above_one_gives_the_base_transcript(tiny, tokenizer):
     audio = tiny_features(U=2)
     want = decode(tiny, None, tokenizer, OPTIONS, audio_features=audio)
@@ -312,6 +335,9 @@ def test_errors(tiny, tokenizer):
         adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], strategy="vote")
     with pytest.raises(ValueError, match="end must be one of any, base"):
         adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], end="adapter")
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="guard must be a whole number"):
+            adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], guard=bad)
     assert adml.check_tau("0.1") == 0.1 and adml.check_tau(float("inf")) == float("inf")
 
 

@@ -98,6 +98,21 @@ def test_keep_word(candidates, owner, chosen, want, case):
     assert got.item() == want, case
 
 
+@pytest.mark.parametrize("chosen, k, want, case", [
+    (1, 3, 1, "the adapter's token 4 is the base's second choice: inside its top 3, taken"),
+    (1, 2, 1, "inside its top 2, taken"),
+    (1, 1, 0, "outside its top 1: the base's token"),
+    (2, 3, 0, "the other adapter's token 7 is the base's fourth choice: the base's token"),
+    (2, 4, 2, "inside its top 4, taken"),
+    (2, 0, 2, "k = 0: no guard"),
+    (0, 1, 0, "the base chose: it stays"),
+])
+def test_base_guard(chosen, k, want, case):
+    base_logprobs = torch.tensor([[0.0, -5.0, -3.0, -4.0, -1.0, -9.0, -9.0, -3.5]])  # (U=1, V): ranks 0 4 2 7 ...
+    cand = torch.tensor([0, 4, 7])[:, None]  # (S, U=1): the base proposes 0, the adapters 4 and 7
+    assert adml_select.base_guard(torch.tensor([chosen]), cand, base_logprobs, k).item() == want, case
+
+
 def test_word_pieces_of_the_real_tokenizer():
     import whisper_min
 
