@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adml_select import (ENDS, STRATEGIES, SWITCHES, base_ends, base_guard,  # noqa: F401 (adml's API)
-                         check_options, check_tau, keep_word, select, word_pieces)
+                         check_guard, check_options, check_tau, keep_word, select, word_pieces)
 from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, pick
 from whisper_min.model import KVCache, MultiHeadAttention, Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -328,7 +328,8 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
         logprobs = F.log_softmax(flat.float(), dim=-1).view(S, U, -1)  # (S, U, V)
         conf = logprobs.max(dim=-1).values.exp()  # c_i: the largest softmax probability
         chosen = select(conf, candidates, tau, strategy)  # (U,)
-        chosen = base_guard(chosen, candidates, logprobs[0], guard)
+        if guard:
+            chosen = base_guard(chosen, candidates, logprobs[0], guard)
         if pieces is not None:
             chosen = keep_word(chosen, owner, candidates, pieces)
         if end == "base":

@@ -123,9 +123,17 @@ def check_options(tau, strategy: str, end: str, switch: str = "token", guard: in
         raise ValueError(f"end must be one of {', '.join(ENDS)}; not {end!r}")
     if switch not in SWITCHES:
         raise ValueError(f"switch must be one of {', '.join(SWITCHES)}; not {switch!r}")
+    check_guard(guard)
+    return check_tau(tau)
+
+
+def check_guard(guard) -> int:
+    """guard (an int, or its digits as a string) as an int, or a ValueError that says what is wrong."""
+    if isinstance(guard, str) and guard.isdigit():
+        guard = int(guard)
     if isinstance(guard, bool) or not isinstance(guard, int) or guard < 0:
         raise ValueError(f"guard must be a whole number >= 0 (0: off), not {guard!r}")
-    return check_tau(tau)
+    return guard
 
 
 def check_tau(tau) -> float:

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from adml import ENDS, STRATEGIES, SWITCHES, check_tau
+from adml import ENDS, STRATEGIES, SWITCHES, check_guard, check_tau
 
 # ADML's defaults: the setting bench/reproduce.py's tune stage chose for the shipped adapters
 # on validation speech (RESULTS.md). max-only is Eq. (3) without its min-condition; the paper
@@ -47,12 +47,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def guard_argument(value: str) -> int:
     """--guard is checked while parsing, like --tau."""
     try:
-        k = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {value!r}") from None
-    if k < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {value!r}")
-    return k
+        return check_guard(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def tau_argument(value: str) -> float:

@@ -339,6 +339,7 @@ def test_errors(tiny, tokenizer):
         with pytest.raises(ValueError, match="guard must be a whole number"):
             adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], guard=bad)
     assert adml.check_tau("0.1") == 0.1 and adml.check_tau(float("inf")) == float("inf")
+    assert adml.check_guard("10") == 10 and adml.check_guard(0) == 0
 
 
 # ---------------------------------------------------------------------------- real weights, real speech
