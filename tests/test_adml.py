@@ -193,8 +193,8 @@ def test_batched_equals_sequential_tokens_and_text(tiny, tokenizer, strategy):
         assert any(sum(r.stream_tokens[1:]) > 0 for r in got)
 
 
-@pytest.mark.parametrize("rule", [{"end": "base"}, {"switch": "word"}, {"guard": 50}])
-def test_end_and_switch_rules_batched_equal_sequential(tiny, tokenizer, rule):
+@pytest.mark.parametrize("rule", [{"end": "base"}, {"switch": "word"}, {"guard": 10}])
+def test_end_switch_and_guard_rules_batched_equal_sequential(tiny, tokenizer, rule):
     adapters, audio = tiny_adapters(tiny), tiny_features(U=2)
     got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0, **rule)
     ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
@@ -202,6 +202,9 @@ def test_end_and_switch_rules_batched_equal_sequential(tiny, tokenizer, rule):
     assert [r.tokens for r in got] == [r.tokens for r in ref] and [r.text for r in got] == [r.text for r in ref]
     assert [r.stream_tokens for r in got] == [r.stream_tokens for r in ref]
     assert any(sum(r.stream_tokens[1:]) > 0 for r in got)  # the adapters still chose words
+    if "guard" in rule:  # and the guard did turn some of their tokens down
+        free = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0)
+        assert [r.stream_tokens for r in free] != [r.stream_tokens for r in got]
 
 
 class ScriptedStreams:

@@ -108,7 +108,7 @@ def test_keep_word(candidates, owner, chosen, want, case):
     (0, 1, 0, "the base chose: it stays"),
 ])
 def test_base_guard(chosen, k, want, case):
-    base_logprobs = torch.tensor([[0.0, -5.0, -3.0, -4.0, -1.0, -9.0, -9.0, -3.5]])  # (U=1, V): ranks 0 4 2 7 ...
+    base_logprobs = torch.tensor([[0.0, -5.0, -3.0, -4.0, -1.0, -9.0, -9.0, -3.5]])  # (U=1, V): by rank 0, 4, 2, 7, 3, 1
     cand = torch.tensor([0, 4, 7])[:, None]  # (S, U=1): the base proposes 0, the adapters 4 and 7
     assert adml_select.base_guard(torch.tensor([chosen]), cand, base_logprobs, k).item() == want, case
 
