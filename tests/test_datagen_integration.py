@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -22,15 +23,22 @@ from datagen.verbalise import verbalise
 pytestmark = pytest.mark.llm
 
 ROOT = Path(__file__).resolve().parents[1]
-PORT = os.environ.get("DAS_TEST_LLM_PORT", "8012")
 COUNT = 30
 VOICES = "espeak-ng:en-us,flite:slt"
+
+
+def free_port() -> str:
+    """A loopback port nobody listens on now: a study's server may hold the default 8012."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def llm_url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llm")
-    env = {**os.environ, "PORT": PORT, "PIDFILE": str(tmp / "server.pid"), "LOG": str(tmp / "server.log")}
+    port = os.environ.get("DAS_TEST_LLM_PORT") or free_port()
+    env = {**os.environ, "PORT": port, "PIDFILE": str(tmp / "server.pid"), "LOG": str(tmp / "server.log")}
     script = ["bash", str(ROOT / "bench" / "llm_server.sh")]
     try:
         started = subprocess.run([*script, "start"], env=env, capture_output=True, text=True, timeout=1800)
@@ -39,7 +47,7 @@ def llm_url(tmp_path_factory):
     if started.returncode != 0:
         pytest.fail(f"could not start the local LLM server (bench/llm_server.sh start, exit "
                     f"{started.returncode}):\n{started.stderr[-3000:]}")
-    yield f"http://127.0.0.1:{PORT}/v1"
+    yield f"http://127.0.0.1:{port}/v1"
     subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=60)
 
 
