@@ -78,27 +78,30 @@ class Recorder:
 
 
 def recording_decoder(model, paths: list[str], tau: float, strategy: str, end: str, switch: str):
-    """(decode_fn for whisper_min.transcribe, {"records": its last window's switches,
-    "sampled": whether that window was a sampled retry, which is not recorded})."""
+    """(decode_fn for whisper_min.transcribe, `log`). Set log["windows"] = [] before each
+    clip; each window decoded then adds its list of switches, and log["sampled"] tells
+    whether a window was decoded by a sampled retry (its switches are not recorded)."""
     stack = adml.stack_adapters([lora.load_adapter(p, model) for p in paths], model)
     names = [Path(p).stem for p in paths]
-    out = {"records": [], "sampled": False}
+    log = {"windows": [], "sampled": False}
 
     @torch.inference_mode()
     def decode_fn(model, mel, tokenizer, options, audio_features=None):
         if audio_features is None:
             mel = mel[None] if mel.ndim == 2 else mel
             audio_features = model.embed_audio(mel.to(model.device, model.decoder.token_embedding.weight.dtype))
-        features = audio_features
         with adml.swapped(model, adml.multi_lora_modules(model, stack)):
-            streams = Recorder(adml.BatchedStreams(model, stack.k, features), names, tokenizer)
-            results = adml.run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx,
-                               tau, strategy, end, switch)
-        # The fallback's sampled retries are not recorded; a clip decoded by one is marked.
-        out["records"], out["sampled"] = (streams.records, False) if options.temperature == 0 else ([], True)
+            streams = Recorder(adml.BatchedStreams(model, stack.k, audio_features), names, tokenizer)
+            results = adml.run(streams, audio_features, tokenizer, options, model.dims.n_vocab,
+                               model.dims.n_text_ctx, tau, strategy, end, switch)
+        if options.temperature == 0:
+            log["windows"].append(streams.records)
+        else:  # a retry of the window just decoded greedily, whose switches no longer apply
+            log["windows"][-1:] = [[]]
+            log["sampled"] = True
         return results
 
-    return decode_fn, out
+    return decode_fn, log
 
 
 def summary(records: list[dict]) -> str:
@@ -156,19 +159,22 @@ def main():
             ap.error("give --run, or --loras and audio files")
     model = whisper_min.load_model(args.model)
     tokenizer = whisper_min.get_tokenizer(args.model, language="en")
-    decode_fn, out = recording_decoder(model, paths, tau, strategy, end, switch)
+    decode_fn, log = recording_decoder(model, paths, tau, strategy, end, switch)
     options = whisper_min.DecodingOptions(language="en", without_timestamps=True)
     everything = []
     for clip in clips:
+        log["windows"], log["sampled"] = [], False
         text = whisper_min.transcribe(model, whisper_min.load_audio(clip), tokenizer, options,
                                       decode_fn=decode_fn)["text"].strip()
         print(f"\n{clip}\n  reference: {refs.get(clip, '?')}\n  decoded:   {text}")
-        if out["sampled"]:
-            print("  (decoded by a sampled retry of the temperature fallback: not recorded)")
-        for r in out["records"]:
-            print(f"  step {r['step']:3d}  {r['adapter']:>10}: {r['base_token']!r} -> {r['taken']!r}  "
-                  f"(the base's place {r['base_place']}, p {r['base_p']}; its best p {r['base_best_p']})")
-        everything += [{"audio": clip, "text": text, **r} for r in out["records"]]
+        if log["sampled"]:
+            print("  (a window decoded by a sampled retry of the temperature fallback: not recorded)")
+        records = [{"window": w, **r} for w, window in enumerate(log["windows"]) for r in window]
+        for r in records:
+            print(f"  window {r['window']} step {r['step']:3d}  {r['adapter']:>10}: {r['base_token']!r} -> "
+                  f"{r['taken']!r}  (the base's place {r['base_place']}, p {r['base_p']}; "
+                  f"its best p {r['base_best_p']})")
+        everything += [{"audio": clip, "text": text, **r} for r in records]
     print("\n" + summary(everything))
     if args.json:
         args.json.write_text(json.dumps(everything, indent=1, ensure_ascii=False) + "\n")
