@@ -181,46 +181,40 @@ def stage_tune(args, run: Path) -> None:
     log(f"tune: step 1 chose {first}")
     result = {"first": first, "original": wer["original"], "candidates": rows}
 
-    def step(n: int, grid: list[dict]) -> tuple[list[dict], dict] | None:
-        """Steps 2-4: (candidates with their WER, the original model's WER), or None while
-        another process still scores."""
+    def step(n: int, grid: list[dict], rows_key: str) -> dict | None:
+        """Steps 2-4: score `grid`, record its rows (with their WER) as result[rows_key] and
+        the original model's WER on every set as result["original_all"], and return the
+        rule's choice; None while another process still scores."""
         nonlocal scorer
         scorer, wer, complete = score_grid(args, run, scorer, grid, files_at, rows_of)
         if not complete:
             log(f"tune: step {n}: {busy}")
             return None
-        return [{**c, "wer": wer[label(c)]} for c in grid], wer["original"]
+        rows = [{**c, "wer": wer[label(c)]} for c in grid]
+        result.update({"original_all": wer["original"], rows_key: rows})
+        return choose(rows, wer["original"])
 
     choice = first
     if first["lr"] is not None:  # step 2 starts from a candidate, not from the fallback
         rows_of.update({n: read_manifest(p) for n, p in long_sets(run, rows_of).items()})
-        if not (scored := step(2, end_candidates(first))):
+        if not (choice := step(2, end_candidates(first), "end_candidates")):
             return
-        rows, original = scored
-        choice = choose(rows, original)
-        result.update(original_all=original, end_candidates=rows)
 
     if choice["lr"] is not None and "end_candidates" in result:  # step 3, from step 2's candidate
-        second = choice
+        result["second"] = second = choice
         log(f"tune: step 2 chose {second}")
-        if not (scored := step(3, switch_candidates(second))):
+        if not (choice := step(3, switch_candidates(second), "switch_candidates")):
             return
-        rows, original = scored
-        choice = choose(rows, original)
-        result.update(second=second, switch_candidates=rows)
 
     if choice["lr"] in getattr(args, "statements_lrs", []) and "switch_candidates" in result:  # step 4
         files_at[choice["lr"], "statements"] = das_files(run, choice["lr"], "statements")
         if files_at[choice["lr"], "statements"] is None:
             return log(f"tune: step 4: the adapters on statements at lr {choice['lr']:g} are not trained; "
                        "no choice written yet")
-        third = choice
+        result["third"] = third = choice
         log(f"tune: step 3 chose {third}")
-        if not (scored := step(4, data_candidates(third))):
+        if not (choice := step(4, data_candidates(third), "data_candidates")):
             return
-        rows, original = scored
-        choice = choose(rows, original)
-        result.update(third=third, data_candidates=rows)
     result.update(chosen=choice, sizes={s: len(r) for s, r in rows_of.items()})
     (run / "tune.json").write_text(json.dumps(result, indent=1) + "\n")
     log(f"tune: chose {choice}")
