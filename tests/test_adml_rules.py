@@ -6,7 +6,7 @@ rules are in test_adml.py."""
 import torch
 
 import adml
-from test_adml import tiny, tokenizer  # noqa: F401 (fixtures)
+from test_adml import tiny, tokenizer  # noqa: F401 (fixtures, hence F811 on the tests)
 from whisper_min.decoding import DecodingOptions
 
 
@@ -32,7 +32,7 @@ class ScriptedStreams:
         return self._next()
 
 
-def test_end_base_keeps_a_sure_adapter_from_ending_the_transcript(tiny, tokenizer):  # noqa: F811 (fixtures)
+def test_end_base_keeps_a_sure_adapter_from_ending_the_transcript(tiny, tokenizer):  # noqa: F811
     words = tokenizer.encode(" one two three")
     eot, V = tokenizer.eot, tiny.dims.n_vocab
     base = words + [eot]
@@ -48,7 +48,7 @@ def test_end_base_keeps_a_sure_adapter_from_ending_the_transcript(tiny, tokenize
     assert got.text == "one two three" and got.stream_tokens == [2, 1]  # "one" was the surer adapter's
 
 
-def test_switch_word_keeps_a_word_with_the_stream_that_began_it(tiny, tokenizer):  # noqa: F811 (fixtures)
+def test_switch_word_keeps_a_word_with_the_stream_that_began_it(tiny, tokenizer):  # noqa: F811
     *head, tail = tokenizer.encode(" on the 4th")  # tail is "th", a piece of the word " 4"
     eot, V = tokenizer.eot, tiny.dims.n_vocab
     base = head + [tail, eot]
@@ -71,7 +71,7 @@ def test_switch_word_keeps_a_word_with_the_stream_that_began_it(tiny, tokenizer)
     assert got.text == "on the 4th" and got.stream_tokens == [len(base) - 1, 0]
 
 
-def test_guard_keeps_an_adapter_from_putting_in_a_word_the_base_finds_unlikely(tiny, tokenizer):  # noqa: F811 (fixtures)
+def test_guard_keeps_an_adapter_from_putting_in_a_word_the_base_finds_unlikely(tiny, tokenizer):  # noqa: F811
     words = tokenizer.encode(" to exit the menu")
     eot, V = tokenizer.eot, tiny.dims.n_vocab
     base = words + [eot]
