@@ -10,6 +10,9 @@ draws equally from each domain (the paper's FT-Multi and LoRA-ft-Multi).
 Paper defaults: AdamW, lr 3e-6, 10 epochs, batch 16, linear warmup over the first 10% of
 steps (then linear decay to zero, as Hugging Face's default "linear" schedule does).
 
+With `--replay`, each step also pulls the model toward the frozen base model on a batch of
+out-of-domain utterances, so that it stays the base outside its domain (replay.py).
+
 With `--val`, the loss on a held-out manifest is measured after every epoch and OUT always
 holds the weights of the best epoch so far (early stopping by choice of epoch): the paper's
 learning rate is far too small for a few hundred utterances, and too large a one forgets.
@@ -41,6 +44,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 import lora
+import replay as replay_loss
 from encoder_cache import EncoderCache, load_mel
 
 METHODS = ("lora", "ft", "ft-last3", "ft-enc-dec")
@@ -49,6 +53,9 @@ IGNORE = -100  # label for positions that carry no loss (prompt and padding)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action="append", required=True, help="manifest.jsonl; repeat for multi-domain")
+    parser.add_argument("--replay", help="out-of-domain manifest: keep the model close to the base there (replay.py)")
+    parser.add_argument("--replay-weight", type=float, default=1.0, help="weight of the replay KL term")
+    parser.add_argument("--replay-batch", type=int, help="replay utterances per step (default: half of --batch-size)")
     parser.add_argument("--val", help="held-out manifest: loss after each epoch; OUT keeps the best epoch")
     parser.add_argument("--out", required=True, help="output .st file (adapter, or changed tensors for ft methods)")
     parser.add_argument("--model", default="base", help="'base', 'tiny.en' or a model directory")
@@ -284,6 +291,7 @@ def main(args) -> int:
         raise ValueError(f"--batch-size {args.batch_size} is smaller than the {world} processes")
 
     model = load_model(args.model, device=device)
+    teacher = replay_loss.frozen_teacher(load_model, args.model, device) if args.replay else None
     tokenizer = get_tokenizer(args.model)
     base_fingerprint = lora.model_fingerprint(model)
     manifests = [Path(d) for d in args.data]
@@ -292,14 +300,22 @@ def main(args) -> int:
     val = read_manifest(Path(args.val), tokenizer, model.dims.n_text_ctx, 0) if args.val else []
     val_sha = hashlib.sha256(Path(args.val).read_bytes()).hexdigest() if args.val else None
     domain = args.domain or "+".join(m.parent.name for m in manifests)
+    replay = read_manifest(Path(args.replay), tokenizer, model.dims.n_text_ctx, -1) if args.replay else []
+    replay_sha = hashlib.sha256(Path(args.replay).read_bytes()).hexdigest() if args.replay else None
+    replay_batch = args.replay_batch or max(1, args.batch_size // 2)
+    if replay and replay_batch < world:
+        raise ValueError(f"--replay-batch {replay_batch} is smaller than the {world} processes")
     n_prompt = len(tokenizer.sot_sequence) + 1
 
     steps_per_epoch = math.ceil(sum(len(d) for d in data) / args.batch_size)
     total = max(1, math.ceil(args.epochs * steps_per_epoch))
     batches = schedule([len(d) for d in data], args.batch_size, total, args.seed)
-    run_id = hashlib.sha256(json.dumps([data_sha, base_fingerprint, args.method, args.lr, args.batch_size,
-                                        args.epochs, args.warmup, args.weight_decay, args.lora_r, args.lora_alpha,
-                                        args.no_rslora, args.init, args.targets, args.seed, val_sha]).encode()).hexdigest()[:16]
+    # Replay batches come from a stream of their own, also a pure function of (seed, step).
+    replay_batches = schedule([len(replay)], replay_batch, total, args.seed + 1) if replay else None
+    settings = [data_sha, base_fingerprint, args.method, args.lr, args.batch_size, args.epochs, args.warmup,
+                args.weight_decay, args.lora_r, args.lora_alpha, args.no_rslora, args.init, args.targets, args.seed,
+                val_sha] + ([replay_sha, args.replay_weight, replay_batch] if replay else [])
+    run_id = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
     torch.manual_seed(args.seed)
     # On resume PiSSA's start comes from the checkpoint (`restore`), not from a second SVD that
@@ -325,12 +341,14 @@ def main(args) -> int:
     n_train = sum(p.numel() for p in params)
     log(f"train: {args.method} on {args.model} ({counts['base']:,} parameters), {n_train:,} trainable "
         f"({100 * n_train / counts['base']:.2f}% of base); {sum(map(len, data))} utterances in {len(data)} "
-        f"domain(s), {total} steps of {args.batch_size} over {world} process(es) on {device}")
+        f"domain(s), {total} steps of {args.batch_size} over {world} process(es) on {device}"
+        + (f"; replay: {len(replay)} utterances, {replay_batch} a step, weight {args.replay_weight:g}"
+           if replay else ""))
 
     cache = None
     if use_cache:
         cache = EncoderCache(args.cache_dir, model)
-        audios = sorted({u.audio for d in data + [val] for u in d}, key=str)
+        audios = sorted({u.audio for d in data + [val, replay] for u in d}, key=str)
         model.eval()
         t = time.monotonic()
         encoded = cache.fill(audios[rank::world], log=log)
@@ -348,7 +366,8 @@ def main(args) -> int:
     def save(at_step: int, extra: dict | None = None) -> None:
         metadata = {"method": args.method, "steps": str(at_step), "total_steps": str(total), "lr": str(args.lr),
                     "epochs": str(args.epochs), "batch_size": str(args.batch_size), "seed": str(args.seed),
-                    **(extra or {})}
+                    **({"replay_sha256": replay_sha, "replay_weight": str(args.replay_weight),
+                        "replay_batch": str(replay_batch)} if replay else {}), **(extra or {})}
         if args.method == "lora":
             lora.save_adapter(model, out, domain=domain, base_model=str(args.model), data_sha256=data_sha,
                               extra=metadata)
@@ -383,20 +402,34 @@ def main(args) -> int:
             everyone = [data[d][i] for d, i in batches[step]]
             mine = everyone[rank::world]
             n_tokens = sum(len(u.tokens) - n_prompt for u in everyone)
-            inputs, labels = collate(mine, n_prompt, tokenizer.eot)
-            audio = cache.get([u.audio for u in mine]) if cache else \
-                torch.stack([load_mel(u.audio, model.dims.n_mels) for u in mine])  # (b, n_audio_ctx, D) or (b, M, 3000)
-            logits = step_module(inputs.to(device), audio.to(device, torch.float32))  # (b, T-1, V)
-            loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.to(device).flatten(), ignore_index=IGNORE,
+            # Replay rows ride in the same forward pass (one DDP forward per backward), after the domain's.
+            others = [replay[i] for _, i in replay_batches[step]] if replay else []
+            n_replay = sum(len(u.tokens) - n_prompt for u in others)
+            rows = mine + others[rank::world]
+            inputs, labels = collate(rows, n_prompt, tokenizer.eot)
+            inputs, labels = inputs.to(device), labels.to(device)
+            audio = cache.get([u.audio for u in rows]) if cache else \
+                torch.stack([load_mel(u.audio, model.dims.n_mels) for u in rows])  # (b, n_audio_ctx, D) or (b, M, 3000)
+            audio = audio.to(device, torch.float32)
+            logits = step_module(inputs, audio)  # (b, T-1, V)
+            b = len(mine)
+            loss_sum = F.cross_entropy(logits[:b].flatten(0, 1), labels[:b].flatten(), ignore_index=IGNORE,
                                        reduction="sum")
-            (loss_sum * world / n_tokens).backward()  # DDP averages over ranks: the global mean
-            stats = torch.stack([loss_sum.detach().float(), torch.tensor(float(stop["signal"]), device=device)])
+            objective = loss_sum * world / n_tokens  # DDP averages over ranks: the global mean
+            kl_sum = torch.zeros((), device=device)
+            if replay:
+                base = replay_loss.teacher_logits(teacher, inputs[b:], audio[b:], encoded=cache is not None)
+                kl_sum = replay_loss.kl_sum(logits[b:], base, labels[b:] != IGNORE)
+                objective = objective + args.replay_weight * kl_sum * world / n_replay
+            objective.backward()
+            stats = torch.stack([loss_sum.detach().float(), kl_sum.detach().float(),
+                                 torch.tensor(float(stop["signal"]), device=device)])
             if world > 1:
                 dist.all_reduce(stats)  # every rank sees the same loss and the same stop request
-            loss = stats[0].item() / n_tokens
-            if not math.isfinite(loss):
+            loss, kl = stats[0].item() / n_tokens, stats[1].item() / max(1, n_replay)
+            if not math.isfinite(loss + kl):
                 ckpt = checkpoint_path(out)
-                log(f"train: loss is {loss} at step {step + 1} (epoch {step // steps_per_epoch + 1}); stopping "
+                log(f"train: loss is {loss}" + (f" (replay kl {kl})" if replay else "") + f" at step {step + 1} (epoch {step // steps_per_epoch + 1}); stopping "
                     f"without writing {out}. Lower --lr or check the data; "
                     + (f"last checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint"))
                 return 1
@@ -409,14 +442,15 @@ def main(args) -> int:
             now = time.monotonic()
             if now - last_log >= args.progress_every or step + 1 == last_step:
                 rate = seen / (now - t0)
+                eta = fmt_time((total - step - 1) * args.batch_size / rate)
                 log(f"step {step + 1}/{total} epoch {(step + 1) / steps_per_epoch:.2f}/{args.epochs:g} loss {loss:.4f} "
-                    f"lr {lr:.2e} {rate:.1f} utt/s eta {fmt_time((total - step - 1) * args.batch_size / rate)}")
+                    + (f"replay kl {kl:.4f} " if replay else "") + f"lr {lr:.2e} {rate:.1f} utt/s eta {eta}")
                 last_log = now
             if val and rank == 0 and ((step + 1) % steps_per_epoch == 0 or step + 1 == total):
                 validate(step + 1)
-            if rank == 0 and ((step + 1) % args.checkpoint_every == 0 or stats[1] > 0 or step + 1 == last_step < total):
+            if rank == 0 and ((step + 1) % args.checkpoint_every == 0 or stats[2] > 0 or step + 1 == last_step < total):
                 save_checkpoint(checkpoint_path(out), model, optimizer, step + 1, run_id, best)
-            if stats[1] > 0:
+            if stats[2] > 0:
                 log(f"train: interrupted after step {step + 1}; checkpoint {checkpoint_path(out)}; "
                     "rerun with --resume to continue")
                 return 130
