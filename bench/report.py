@@ -86,8 +86,10 @@ def das_label(results) -> str:
     reading = "" if config["strategy"] == "das" else f", {config['strategy']}"
     end = "" if config.get("end", "any") == "any" else f", {config['end']} ends"
     switch = "" if config.get("switch", "token") == "token" else f", switches by {config['switch']}"
-    stmt = ", adapters on statements too" if any("-stmt-" in f for f in config.get("files", [])) else ""
-    return f"DAS (τ = {config['tau']:g}{reading}{end}{switch}{stmt})"
+    files = config.get("files", [])
+    data = (", adapters on statements too" if any("-stmt-" in f for f in files)
+            else ", adapters with replay" if any("-replay-" in f for f in files) else "")
+    return f"DAS (τ = {config['tau']:g}{reading}{end}{switch}{data})"
 
 
 def table4(results) -> str:
@@ -167,11 +169,13 @@ def tune_section(run: Path) -> str:
                   f"τ = {third['tau']:g}, {third['end']} may end the transcript, streams switch "
                   f"{'at any token' if third['switch'] == 'token' else 'only between words'}: {third['why']}.")
     if "data_candidates" in t:
-        out += ("\n\nStep 4, at step 3's choice, adapters trained on requests alone or on requests and "
-                "statements:\n\n"
-                + tune_table(t["data_candidates"], t["original_all"], ["data", "tau"], ["training text", "τ"])
-                + f"\n\nChosen: the adapters trained on "
-                  f"{'requests and statements' if chosen['data'] == 'statements' else 'requests alone'}"
+        trained = {"requests": "requests alone", "statements": "requests and statements",
+                   "replay": "requests, with replay"}
+        out += ("\n\nStep 4, at step 3's choice, adapters trained on "
+                + " or ".join(v for k, v in trained.items() if any(c["data"] == k for c in t["data_candidates"]))
+                + ":\n\n"
+                + tune_table(t["data_candidates"], t["original_all"], ["data", "lr", "tau"], ["training", "lr", "τ"])
+                + f"\n\nChosen: the adapters trained on {trained[chosen['data']]} at lr {chosen['lr']:g}"
                   f", τ = {chosen['tau']:g}: {chosen['why']}.")
     return out
 

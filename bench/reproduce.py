@@ -23,7 +23,10 @@ at most the item or model in progress (generation and training resume inside tha
             rate of the grid; single models and the multi-domain ones use the rate with the
             best validation loss. Each run keeps its best epoch (train --val). With
             --statements-lrs, each domain's LoRA is also trained on its training split plus
-            the in-domain statements datagen rejected (bench/statements.py, no LLM needed).
+            the in-domain statements datagen rejected (bench/statements.py, no LLM needed);
+            with --replay-lrs, also with `train --replay` on out-of-domain sentences
+            (bench/replay_data.py: the fortunes package, TTS only), which holds it near the
+            base model outside its domain (replay.py).
   tune      DAS's adapters, reading of Eq. (3), τ, end and switch rules, chosen by decoding
             in-domain and out-of-domain validation speech (bench/tune.py has the candidates
             and the rule).
@@ -74,6 +77,9 @@ def train_runs(args) -> list[dict]:
     for lr in args.statements_lrs:  # the training text experiment (bench/statements.py)
         runs += [{"name": f"lora-{d}-stmt-lr{lr:g}", "method": "lora", "data": [d], "lr": lr, "statements": True}
                  for d in DOMAINS]
+    for lr in args.replay_lrs:  # the forgetting experiment (replay.py)
+        runs += [{"name": f"lora-{d}-replay-lr{lr:g}", "method": "lora", "data": [d], "lr": lr, "replay": True}
+                 for d in DOMAINS]
     return runs
 
 
@@ -117,11 +123,16 @@ def stage_train(args, run: Path) -> None:
             import statements
 
             data += [str(statements.speak(run, d)) for d in spec["data"]]
+        replay = []
+        if spec.get("replay"):
+            import replay_data
+
+            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT))]
         val = (run / "data" / "train" / spec["data"][0] / "val.jsonl" if len(spec["data"]) == 1
                else run / "data" / "train" / "val_multi.jsonl")
         out = models / f"{name}.st"
         cmd = [sys.executable, "das.py", "train", "--model", args.model, "--method", spec["method"],
-               *[a for p in data for a in ("--data", p)], "--val", str(val), "--out", str(out),
+               *[a for p in data for a in ("--data", p)], *replay, "--val", str(val), "--out", str(out),
                "--domain", spec["data"][0] if len(spec["data"]) == 1 else "multi",
                "--lr", f"{lr:g}", "--epochs", str(args.epochs), "--batch-size", "16",
                "--cache-dir", str(run / "cache" / "encoder"), "--device", args.device, "--progress-every", "30"]
@@ -322,6 +333,8 @@ def main() -> int:
     p.add_argument("--ft-lrs", default="1e-5,3e-5", help="full fine-tuning learning-rate grid, first domain")
     p.add_argument("--statements-lrs", default="", help="also train each domain's LoRA at these rates on its training "
                    "split plus the statements datagen rejected (bench/statements.py; the tune stage weighs them)")
+    p.add_argument("--replay-lrs", default="", help="also train each domain's LoRA at these rates with `train "
+                   "--replay` (replay.py, bench/replay_data.py; the tune stage weighs them)")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
     p.add_argument("--systems", default="*", help="eval: only systems matching these comma-separated globs")
     p.add_argument("--sets", default="*", help="eval: only test sets matching these comma-separated globs")
@@ -331,6 +344,7 @@ def main() -> int:
     args.lora_lrs = [float(x) for x in args.lora_lrs.split(",")]
     args.ft_lrs = [float(x) for x in args.ft_lrs.split(",")]
     args.statements_lrs = [float(x) for x in args.statements_lrs.split(",") if x.strip()]
+    args.replay_lrs = [float(x) for x in args.replay_lrs.split(",") if x.strip()]
     args.methods = set(args.methods.split(","))
     stages = args.stages.split(",")
     unknown = sorted(set(stages) - set(STAGES))

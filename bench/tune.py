@@ -15,9 +15,11 @@ Up to four steps, each a grid of candidates:
   3. at step 2's rate, reading and end rule: each τ of TUNE_TAUS with each switch rule (streams
      may change at any `token`, or only between words: adml_select.keep_word), on all sets.
      Step 2's candidates are its `token` half, so only the `word` half is new;
-  4. (only with reproduce.py --statements-lrs) at step 3's rate, reading, end and switch rules:
-     each τ of TUNE_TAUS with the adapters trained on requests alone (step 3's scores) or on
-     requests plus in-domain statements (bench/statements.py), on all sets.
+  4. (only with reproduce.py --statements-lrs or --replay-lrs) at step 3's reading, end and
+     switch rules: each τ of TUNE_TAUS with the adapters trained on requests alone (step 3's
+     rate and scores), on requests plus in-domain statements (bench/statements.py), or on
+     requests with out-of-domain replay (train --replay, replay.py), each at every rate it
+     was trained at, on all sets.
 
 Validation sets, none of them a test set:
   <domain>   each domain's validation split (10% of its synthetic training texts, held out
@@ -49,7 +51,9 @@ TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3)
 READINGS = ("das", "max-only")
 ENDS = ("any", "base")  # adml_select.ENDS; not imported, so that this module loads without torch
 SWITCHES = ("token", "word")  # adml_select.SWITCHES, likewise
-DATA = ("requests", "statements")  # the adapters' training text: datagen's requests, or plus statements
+# How the adapters trained: datagen's requests alone, plus statements, or with replay (train --replay).
+DATA = ("requests", "statements", "replay")
+SUFFIX = {"requests": "", "statements": "stmt", "replay": "replay"}  # in model names and labels
 MAX_OOD_RISE = 0.02
 LONG_IN_DOMAIN, LONG_OOD = "long-domains", "long-ood"
 IN_DOMAIN = DOMAINS + (LONG_IN_DOMAIN,)
@@ -91,23 +95,25 @@ def switch_candidates(second: dict) -> list[dict]:
             for c in end_candidates(second) if c["end"] == ENDS[0]]
 
 
-def data_candidates(third: dict) -> list[dict]:
-    """Step 4, at step 3's choice."""
-    return [{**c, "data": data} for data in DATA for c in switch_candidates(third) if c["switch"] == third["switch"]]
+def data_candidates(third: dict, trained: list[tuple[str, float]]) -> list[dict]:
+    """Step 4, at step 3's choice: its adapters, then each other (training, rate) trained."""
+    return [{**c, "lr": lr, "data": data} for data, lr in [(DATA[0], third["lr"])] + trained
+            for c in switch_candidates(third) if c["switch"] == third["switch"]]
 
 
 def label(c: dict) -> str:
     end, switch = c.get("end", "any"), c.get("switch", "token")
-    stmt = " stmt" if c.get("data", DATA[0]) == "statements" else ""
-    return (f"lr{c['lr']:g}{stmt} {c['strategy']} tau={c['tau']:g}" + ("" if end == "any" else f" end={end}")
+    data = SUFFIX[c.get("data", DATA[0])]
+    data = f" {data}" if data else ""
+    return (f"lr{c['lr']:g}{data} {c['strategy']} tau={c['tau']:g}" + ("" if end == "any" else f" end={end}")
             + ("" if switch == "token" else f" switch={switch}"))
 
 
 def das_files(run: Path, lr: float | None, data: str = DATA[0]) -> list[Path] | None:
     """The three adapters at `lr`, or each domain's own choice by validation loss (lr None);
-    data "statements": those trained on requests plus statements (at `lr` only)."""
-    stmt = "-stmt" if data == "statements" else ""
-    files = [model_file(run, f"lora-{d}{stmt}" + (f"-lr{lr:g}" if lr is not None else "")) for d in DOMAINS]
+    data "statements" or "replay": those trained so (at `lr` only)."""
+    kind = f"-{SUFFIX[data]}" if SUFFIX[data] else ""
+    files = [model_file(run, f"lora-{d}{kind}" + (f"-lr{lr:g}" if lr is not None else "")) for d in DOMAINS]
     return files if all(files) else None
 
 
@@ -206,14 +212,17 @@ def stage_tune(args, run: Path) -> None:
         if not (choice := step(3, switch_candidates(second), "switch_candidates")):
             return
 
-    if choice["lr"] in getattr(args, "statements_lrs", []) and "switch_candidates" in result:  # step 4
-        files_at[choice["lr"], "statements"] = das_files(run, choice["lr"], "statements")
-        if files_at[choice["lr"], "statements"] is None:
-            return log(f"tune: step 4: the adapters on statements at lr {choice['lr']:g} are not trained; "
-                       "no choice written yet")
+    # Step 4's other adapters. Statements count only at step 3's rate, as before replay came.
+    trained = [("statements", lr) for lr in getattr(args, "statements_lrs", []) if lr == choice["lr"]]
+    trained += [("replay", lr) for lr in getattr(args, "replay_lrs", [])]
+    if trained and choice["lr"] is not None and "switch_candidates" in result:  # step 4
+        for data, lr in trained:
+            files_at[lr, data] = das_files(run, lr, data)
+            if files_at[lr, data] is None:
+                return log(f"tune: step 4: the {data} adapters at lr {lr:g} are not trained; no choice written yet")
         result["third"] = third = choice
         log(f"tune: step 3 chose {third}")
-        if not (choice := step(4, data_candidates(third), "data_candidates")):
+        if not (choice := step(4, data_candidates(third, trained), "data_candidates")):
             return
     result.update(chosen=choice, sizes={s: len(r) for s, r in rows_of.items()})
     (run / "tune.json").write_text(json.dumps(result, indent=1) + "\n")

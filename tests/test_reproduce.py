@@ -221,7 +221,7 @@ def test_tune_step_four_weighs_adapters_trained_on_statements(tmp_path):
     import tune
 
     third = {"lr": 1e-4, "strategy": "max-only", "tau": 0.025, "end": "base", "switch": "token"}
-    cands = tune.data_candidates(third)
+    cands = tune.data_candidates(third, [("statements", 1e-4)])
     assert len(cands) == 2 * len(tune.TUNE_TAUS) and all(c["switch"] == "token" for c in cands)
     requests = [tune.label(c) for c in cands if c["data"] == "requests"]
     assert requests == [tune.label(c) for c in tune.switch_candidates(third) if c["switch"] == "token"]  # step 3's
@@ -242,6 +242,35 @@ def test_tune_step_four_weighs_adapters_trained_on_statements(tmp_path):
     das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
     assert [f.name for f in das[2]] == [f"lora-{d}-stmt-lr0.0001.st" for d in study_data.DOMAINS]
     assert [f.name for f in reproduce.systems(run)[2][2]] == ["lora-music-lr0.0001.st"]  # single models: requests
+
+
+def test_tune_step_four_weighs_adapters_trained_with_replay_at_each_rate(tmp_path):
+    import tune
+
+    third = {"lr": 1e-4, "strategy": "max-only", "tau": 0.025, "end": "base", "switch": "token"}
+    cands = tune.data_candidates(third, [("replay", 1e-4), ("replay", 3e-4)])
+    assert len(cands) == 3 * len(tune.TUNE_TAUS)
+    assert [(c["data"], c["lr"]) for c in cands[:: len(tune.TUNE_TAUS)]] == [("requests", 1e-4), ("replay", 1e-4),
+                                                                           ("replay", 3e-4)]
+    assert tune.label(cands[-1]) == "lr0.0003 replay max-only tau=0.3 end=base"
+    assert len({tune.label(c) for c in cands}) == len(cands)  # every candidate is scored under a name of its own
+    original = {"music": 10.0, "everyday": 5.0}
+    rows = [{**c, "wer": {"music": 8.0, "everyday": 5.0}} for c in cands if c["tau"] == 0.025]
+    rows[2]["wer"]["music"] = 7.0
+    chosen = tune.choose(rows, original)
+    assert (chosen["data"], chosen["lr"]) == ("replay", 3e-4)
+    rows[2]["wer"]["everyday"] = 5.2  # 4% worse out of domain: the rule turns it down
+    assert tune.choose(rows, original)["data"] == "requests"
+
+    run = tmp_path / "run"
+    (run / "models").mkdir(parents=True)
+    for d in study_data.DOMAINS:
+        for name in (f"lora-{d}-lr0.0001", f"lora-{d}-replay-lr0.0003"):
+            (run / "models" / f"{name}.done.json").write_text(json.dumps({"name": name, "lr": 1e-4, "val_loss": 0.1}))
+    assert tune.das_files(run, 1e-4, "replay") is None  # not trained at that rate
+    (run / "tune.json").write_text(json.dumps({"chosen": {**third, "lr": 3e-4, "data": "replay"}}))
+    das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
+    assert [f.name for f in das[2]] == [f"lora-{d}-replay-lr0.0003.st" for d in study_data.DOMAINS]
 
 
 def test_statements_come_back_from_the_rejects(tmp_path):
@@ -315,5 +344,7 @@ def test_report_tune_section_shows_every_step(tmp_path):
     assert "Step 1 chose: lr 0.0001, max-only, τ = 0.05: step one's reason." in text
     assert "Step 2 chose: lr 0.0001, max-only, τ = 0.05, base may end the transcript: step two's reason." in text
     assert "| 0.3 | word |" in text and "streams switch only between words: step three's reason." in text
-    assert "| statements | 0.3 |" in text
-    assert "Chosen: the adapters trained on requests and statements, τ = 0.05: step four's reason." in text
+    assert "Step 4, at step 3's choice, adapters trained on requests alone or requests and statements:" in text
+    assert "| statements | 0.0001 | 0.3 |" in text
+    assert ("Chosen: the adapters trained on requests and statements at lr 0.0001, τ = 0.05: step four's reason."
+            in text)
