@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 import lora
 import replay as replay_loss
+from checkpoint import checkpoint_path, read_checkpoint, restore, save_checkpoint
 from encoder_cache import EncoderCache, load_mel
 
 METHODS = ("lora", "ft", "ft-last3", "ft-enc-dec")
@@ -193,53 +194,6 @@ def setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), world, dev
-
-
-def checkpoint_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".ckpt.st")
-
-
-def save_checkpoint(path: Path, model: nn.Module, optimizer, step: int, run_id: str, best: dict) -> None:
-    """Trainable parameters, their AdamW state and PiSSA's starting point, by name, in safetensors."""
-    tensors = {"rng/torch": torch.get_rng_state()}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            tensors[f"param/{name}"] = p.detach().cpu().contiguous()
-            for k, v in optimizer.state.get(p, {}).items():
-                tensors[f"optim/{name}/{k}"] = v.detach().cpu().contiguous()
-    for name, b in model.named_buffers():
-        if "pissa_" in name:
-            tensors[f"buffer/{name}"] = b.cpu().contiguous()
-    lora.write_safetensors(tensors, path, {"format": "das-checkpoint", "step": str(step), "run_id": run_id,
-                                           "best": json.dumps(best)})
-
-
-def read_checkpoint(path: Path, run_id: str) -> tuple[int, dict, dict]:
-    """(step, tensors, best-validation record) of a checkpoint of this very run."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from (run without --resume to start over)")
-    meta = lora.read_header(path).get("__metadata__", {})
-    if meta.get("run_id") != run_id:
-        raise ValueError(f"{path}: checkpoint of a different run (other data, model or settings); "
-                         "resume with the same arguments, or delete it to start over")
-    with safe_open(path, framework="pt") as f:
-        return int(meta["step"]), {k: f.get_tensor(k) for k in f.keys()}, json.loads(meta.get("best", "{}"))
-
-
-@torch.no_grad()
-def restore(model: nn.Module, optimizer, state: dict) -> None:
-    for name, layer in lora.lora_layers(model).items():
-        if f"buffer/{name}.pissa_A0" in state:  # rebuild W_res from the saved start, not a new SVD
-            lora.set_pissa_start(layer, state[f"buffer/{name}.pissa_A0"], state[f"buffer/{name}.pissa_B0"],
-                                 layer.base.weight)
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            p.copy_(state[f"param/{name}"])
-            prefix = f"optim/{name}/"
-            # AdamW keeps its step count on the CPU and the moments beside the parameter.
-            optimizer.state[p] = {k[len(prefix):]: v if k.endswith("/step") else v.to(p.device)
-                                  for k, v in state.items() if k.startswith(prefix)}
-    torch.set_rng_state(state["rng/torch"])
 
 
 def save_finetune(model: nn.Module, path: Path, metadata: dict) -> Path:
