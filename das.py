@@ -19,7 +19,7 @@ from adml import ENDS, STRATEGIES, SWITCHES, check_guard, check_tau
 # end "base": only the base model ends the transcript; `--end any` is Algorithm 1 as written.
 # switch "token": streams may change at any token, as in Algorithm 1; "word": only between words.
 # guard 0: no guard, as in Algorithm 1; k > 0: an adapter's token must be among the base's k likeliest.
-DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END, DEFAULT_SWITCH, DEFAULT_GUARD = 0.025, "max-only", "base", "token", 0
+DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END, DEFAULT_SWITCH, DEFAULT_GUARD = 0.01, "max-only", "base", "token", 0
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import adml  # noqa: E402
+import das  # noqa: E402
 import lora  # noqa: E402
 import whisper_min  # noqa: E402
 
@@ -136,10 +137,11 @@ def main():
     ap.add_argument("--set", default="asterisk", help="with --run: the test set (default asterisk)")
     ap.add_argument("--system", default="DAS", help="with --run: the scored system (default DAS)")
     ap.add_argument("--loras", default="", help="without --run: comma-separated adapter files")
-    ap.add_argument("--tau", type=float, default=0.025)
-    ap.add_argument("--strategy", default="max-only", choices=adml.STRATEGIES)
-    ap.add_argument("--end", default="base", choices=adml.ENDS)
-    ap.add_argument("--switch", default="token", choices=adml.SWITCHES)
+    # Without --run: the shipped setting, as `das.py transcribe` decodes.
+    ap.add_argument("--tau", type=float, default=das.DEFAULT_TAU)
+    ap.add_argument("--strategy", default=das.DEFAULT_STRATEGY, choices=adml.STRATEGIES)
+    ap.add_argument("--end", default=das.DEFAULT_END, choices=adml.ENDS)
+    ap.add_argument("--switch", default=das.DEFAULT_SWITCH, choices=adml.SWITCHES)
     ap.add_argument("--model", default="base")
     ap.add_argument("--json", type=Path, help="write every record here")
     args = ap.parse_args()
