@@ -16,7 +16,7 @@ their own (study_data.OOD_VAL_VOICES), so they still measure what the adapters f
 import argparse
 from pathlib import Path
 
-from study_data import FORTUNES, TRAIN_VOICES, fortune_texts, log, read_rows, write_rows
+from study_data import FORTUNES, TRAIN_VOICES, fortune_texts, log, speak_texts
 
 from datagen.clean import normalise
 
@@ -27,11 +27,11 @@ CATEGORIES = ("people", "work", "miscellaneous", "platitudes", "science", "polit
 
 def replay_texts(count: int, folder: Path = FORTUNES.parent) -> list[str]:
     """`count` texts, one category after another in turn, none repeated and none in the
-    validation set's file."""
-    missing = [c for c in CATEGORIES if not (folder / c).is_file()]
+    validation set's file (`folder`/fortunes)."""
+    missing = [c for c in CATEGORIES + (FORTUNES.name,) if not (folder / c).is_file()]
     if missing:
-        raise SystemExit(f"{folder}: no {', '.join(missing)} (apt install fortunes)")
-    seen = {normalise(t) for t in fortune_texts(FORTUNES, 10**6)}
+        raise SystemExit(f"{folder}: no {', '.join(missing)} (apt install fortunes-min fortunes)")
+    seen = {normalise(t) for t in fortune_texts(folder / FORTUNES.name, 10**6)}
     pools = [fortune_texts(folder / c, 10**6) for c in CATEGORIES]
     out = []
     while len(out) < count and any(pools):
@@ -49,24 +49,10 @@ def replay_texts(count: int, folder: Path = FORTUNES.parent) -> list[str]:
 
 def speak(run: Path, count: int) -> Path:
     """Speaks the texts into run/data/replay; resumes where a run stopped."""
-    from datagen.tts import parse_voices, synthesize
-
     out = run / "data" / "replay"
-    manifest = out / "manifest.jsonl"
-    rows = read_rows(manifest)
-    voices = parse_voices(TRAIN_VOICES)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    texts = replay_texts(count)
-    for i, text in enumerate(texts[len(rows):], start=len(rows)):
-        voice = voices[i % len(voices)]  # the training voices in turn, as datagen deals them
-        audio = out / "audio" / f"{i:04d}.flac"
-        rows.append({"audio": f"audio/{audio.name}", "text": text, "duration": round(synthesize(voice, text, audio), 3),
-                     "voice": voice.name})
-        if i % 20 == 0 or i == len(texts) - 1:
-            write_rows(manifest, rows)  # every 20 items: a rerun resumes there
-    write_rows(manifest, rows)
+    rows = speak_texts(replay_texts(count), out, TRAIN_VOICES)
     log(f"replay: {len(rows)} utterances, {sum(r['duration'] for r in rows) / 60:.1f} min, in {out}")
-    return manifest
+    return out / "manifest.jsonl"
 
 
 def main() -> None:

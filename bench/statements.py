@@ -17,7 +17,7 @@ speech. No LLM call: it costs TTS time only.
 import argparse
 from pathlib import Path
 
-from study_data import DOMAINS, TRAIN_VOICES, log, read_rows, write_rows
+from study_data import DOMAINS, TRAIN_VOICES, log, read_rows, speak_texts
 
 from datagen.clean import check, normalise
 
@@ -37,24 +37,10 @@ def statements(run: Path, domain: str) -> list[str]:
 
 def speak(run: Path, domain: str) -> Path:
     """Speaks the statements into the domain's folder; resumes where a run stopped."""
-    from datagen.tts import parse_voices, synthesize
-
     out = run / "data" / "statements" / domain
-    manifest = out / "manifest.jsonl"
-    rows = read_rows(manifest) if manifest.is_file() else []
-    voices = parse_voices(TRAIN_VOICES)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    texts = statements(run, domain)
-    for i, text in enumerate(texts[len(rows):], start=len(rows)):
-        voice = voices[i % len(voices)]  # the training voices in turn, as datagen deals them
-        audio = out / "audio" / f"{i:04d}.flac"
-        rows.append({"audio": f"audio/{audio.name}", "text": text, "duration": round(synthesize(voice, text, audio), 3),
-                     "domain": domain, "voice": voice.name})
-        if i % 20 == 0 or i == len(texts) - 1:
-            write_rows(manifest, rows)  # every 20 items: a rerun resumes there
-    write_rows(manifest, rows)
+    rows = speak_texts(statements(run, domain), out, TRAIN_VOICES, {"domain": domain})
     log(f"statements: {domain}: {len(rows)} utterances, {sum(r['duration'] for r in rows) / 60:.1f} min, in {out}")
-    return manifest
+    return out / "manifest.jsonl"
 
 
 def main() -> None:

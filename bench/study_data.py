@@ -117,22 +117,33 @@ def fortune_texts(path: Path, count: int) -> list[str]:
     return texts[:count]
 
 
-def speak_fortunes(args, run: Path) -> None:
-    """The "fortunes" validation set: TTS only, no LLM; resumes like the rest."""
+def speak_texts(texts: list[str], out: Path, voices: str, extra: dict | None = None, every: int = 20) -> list[dict]:
+    """Speak `texts` into out/audio/ and out/manifest.jsonl, dealing the voices in turn (as
+    datagen does). The manifest is written every `every` items, so a rerun resumes there.
+    `extra`: fields for every row. Returns the manifest's rows."""
     from datagen.tts import parse_voices, synthesize
 
+    manifest = out / "manifest.jsonl"
+    rows = read_rows(manifest)
+    dealt = parse_voices(voices)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(texts[len(rows):], start=len(rows)):
+        voice = dealt[i % len(dealt)]
+        audio = out / "audio" / f"{i:04d}.flac"
+        rows.append({"audio": f"audio/{audio.name}", "text": text, "duration": round(synthesize(voice, text, audio), 3),
+                     **(extra or {}), "voice": voice.name})
+        if (i + 1) % every == 0:
+            write_rows(manifest, rows)
+    write_rows(manifest, rows)
+    return rows
+
+
+def speak_fortunes(args, run: Path) -> None:
+    """The "fortunes" validation set: TTS only, no LLM; resumes like the rest."""
     if not FORTUNES.is_file():
         raise SystemExit(f"the out-of-domain validation set needs {FORTUNES} (apt install fortunes-min)")
     out = run / "data" / "val_ood" / "fortunes"
-    rows = read_rows(out / "manifest.jsonl")
-    voices = parse_voices(OOD_VAL_VOICES)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    for i, text in enumerate(fortune_texts(FORTUNES, args.ood_val_count)[len(rows):], start=len(rows)):
-        voice = voices[i % len(voices)]
-        audio = out / "audio" / f"{i:04d}.flac"
-        rows.append({"audio": f"audio/{audio.name}", "text": text, "duration": round(synthesize(voice, text, audio), 3),
-                     "voice": voice.name})
-        write_rows(out / "manifest.jsonl", rows)  # after each item: a rerun resumes here
+    rows = speak_texts(fortune_texts(FORTUNES, args.ood_val_count), out, OOD_VAL_VOICES, every=1)
     log(f"fortunes: {len(rows)} utterances in {out}")
 
 

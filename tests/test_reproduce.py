@@ -348,3 +348,26 @@ def test_report_tune_section_shows_every_step(tmp_path):
     assert "| statements | 0.0001 | 0.3 |" in text
     assert ("Chosen: the adapters trained on requests and statements at lr 0.0001, τ = 0.05: step four's reason."
             in text)
+
+
+def test_replay_texts_take_the_categories_in_turn_and_leave_out_the_validation_file(tmp_path):
+    import replay_data
+
+    def fortune_file(name, lines):
+        (tmp_path / name).write_text("\n%\n".join(lines) + "\n")
+
+    fortune_file("fortunes", ["This one is in the validation set."])
+    for c in replay_data.CATEGORIES:
+        fortune_file(c, [])
+    fortune_file("people", ["People are the same everywhere you go.", "This one is in the validation set.",
+                            "A second sentence about people, long enough."])
+    fortune_file("work", ["Work expands to fill the time available.", "people are the same everywhere you go",
+                          "Too short", "Work hard and the rest will follow."])
+    assert replay_data.replay_texts(4, tmp_path) == [
+        "People are the same everywhere you go.", "Work expands to fill the time available.",
+        "A second sentence about people, long enough.", "Work hard and the rest will follow."]
+    with pytest.raises(SystemExit, match="only 4 usable texts"):
+        replay_data.replay_texts(5, tmp_path)
+    (tmp_path / "pets").unlink()
+    with pytest.raises(SystemExit, match="no pets"):
+        replay_data.replay_texts(1, tmp_path)
