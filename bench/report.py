@@ -170,10 +170,10 @@ def tune_section(run: Path) -> str:
                   f"{'at any token' if third['switch'] == 'token' else 'only between words'}: {third['why']}.")
     if "data_candidates" in t:
         trained = {"requests": "requests alone", "statements": "requests and statements",
-                   "replay": "requests, with replay"}
+                   "replay": "requests with replay"}
+        kinds = [v for k, v in trained.items() if any(c["data"] == k for c in t["data_candidates"])]
         out += ("\n\nStep 4, at step 3's choice, adapters trained on "
-                + " or ".join(v for k, v in trained.items() if any(c["data"] == k for c in t["data_candidates"]))
-                + ":\n\n"
+                + (", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]) + ":\n\n"
                 + tune_table(t["data_candidates"], t["original_all"], ["data", "lr", "tau"], ["training", "lr", "τ"])
                 + f"\n\nChosen: the adapters trained on {trained[chosen['data']]} at lr {chosen['lr']:g}"
                   f", τ = {chosen['tau']:g}: {chosen['why']}.")
