@@ -217,6 +217,16 @@ def test_systems_follow_the_tuned_choice(tmp_path):
     assert tune.chosen(run)["tau"] == 0.1
 
 
+def lora_run(tmp_path: Path, *suffixes: str) -> Path:
+    """A run folder whose models/ holds every domain's finished LoRA run lora-<domain><suffix>."""
+    run = tmp_path / "run"
+    (run / "models").mkdir(parents=True)
+    for d in study_data.DOMAINS:
+        for name in (f"lora-{d}{s}" for s in suffixes):
+            (run / "models" / f"{name}.done.json").write_text(json.dumps({"name": name, "lr": 1e-4, "val_loss": 0.1}))
+    return run
+
+
 def test_tune_step_four_weighs_adapters_trained_on_statements(tmp_path):
     import tune
 
@@ -232,11 +242,7 @@ def test_tune_step_four_weighs_adapters_trained_on_statements(tmp_path):
     rows[1]["wer"]["music"] = 7.5
     assert tune.choose(rows, original)["data"] == "statements"
 
-    run = tmp_path / "run"
-    (run / "models").mkdir(parents=True)
-    for d in study_data.DOMAINS:
-        for name in (f"lora-{d}-lr0.0001", f"lora-{d}-stmt-lr0.0001"):
-            (run / "models" / f"{name}.done.json").write_text(json.dumps({"name": name, "lr": 1e-4, "val_loss": 0.1}))
+    run = lora_run(tmp_path, "-lr0.0001", "-stmt-lr0.0001")
     assert [f.name for f in tune.das_files(run, 1e-4)] == [f"lora-{d}-lr0.0001.st" for d in study_data.DOMAINS]
     (run / "tune.json").write_text(json.dumps({"chosen": {**third, "data": "statements"}}))
     das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
@@ -262,11 +268,7 @@ def test_tune_step_four_weighs_adapters_trained_with_replay_at_each_rate(tmp_pat
     rows[2]["wer"]["everyday"] = 5.2  # 4% worse out of domain: the rule turns it down
     assert tune.choose(rows, original)["data"] == "requests"
 
-    run = tmp_path / "run"
-    (run / "models").mkdir(parents=True)
-    for d in study_data.DOMAINS:
-        for name in (f"lora-{d}-lr0.0001", f"lora-{d}-replay-lr0.0003"):
-            (run / "models" / f"{name}.done.json").write_text(json.dumps({"name": name, "lr": 1e-4, "val_loss": 0.1}))
+    run = lora_run(tmp_path, "-lr0.0001", "-replay-lr0.0003")
     assert tune.das_files(run, 1e-4, "replay") is None  # not trained at that rate
     (run / "tune.json").write_text(json.dumps({"chosen": {**third, "lr": 3e-4, "data": "replay"}}))
     das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
