@@ -87,7 +87,9 @@ def das_label(results) -> str:
     end = "" if config.get("end", "any") == "any" else f", {config['end']} ends"
     switch = "" if config.get("switch", "token") == "token" else f", switches by {config['switch']}"
     files = config.get("files", [])
+    weight = [f.split("-replay-w")[1].split("-lr")[0] for f in files if "-replay-w" in f]  # reproduce.replay_data_kind
     data = (", adapters on statements too" if any("-stmt-" in f for f in files)
+            else f", adapters with replay at weight {weight[0]}" if weight
             else ", adapters with replay" if any("-replay-" in f for f in files) else "")
     return f"DAS (τ = {config['tau']:g}{reading}{end}{switch}{data})"
 
@@ -169,15 +171,19 @@ def tune_section(run: Path) -> str:
                   f"τ = {third['tau']:g}, {third['end']} may end the transcript, streams switch "
                   f"{'at any token' if third['switch'] == 'token' else 'only between words'}: {third['why']}.")
     if "data_candidates" in t:
-        trained = {"requests": "requests alone", "statements": "requests and statements",
-                   "replay": "requests with replay"}
-        kinds = [v for k, v in trained.items() if any(c["data"] == k for c in t["data_candidates"])]
+        kinds = list(dict.fromkeys(trained_on(c["data"]) for c in t["data_candidates"]))
         out += ("\n\nStep 4, at step 3's choice, adapters trained on "
                 + (", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]) + ":\n\n"
                 + tune_table(t["data_candidates"], t["original_all"], ["data", "lr", "tau"], ["training", "lr", "τ"])
-                + f"\n\nChosen: the adapters trained on {trained[chosen['data']]} at lr {chosen['lr']:g}"
+                + f"\n\nChosen: the adapters trained on {trained_on(chosen['data'])} at lr {chosen['lr']:g}"
                   f", τ = {chosen['tau']:g}: {chosen['why']}.")
     return out
+
+
+def trained_on(data: str) -> str:
+    """A tune step 4 candidate's training text (tune.DATA, or "replay-w<weight>"), in words."""
+    words = {"requests": "requests alone", "statements": "requests and statements", "replay": "requests with replay"}
+    return words.get(data) or f"requests with replay at weight {data.removeprefix('replay-w')}"
 
 
 def tune_table(candidates: list[dict], original: dict, keys: list[str], header: list[str]) -> str:

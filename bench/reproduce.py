@@ -26,7 +26,7 @@ at most the item or model in progress (generation and training resume inside tha
             the in-domain statements datagen rejected (bench/statements.py, no LLM needed);
             with --replay-lrs, also with `train --replay` on out-of-domain sentences
             (bench/replay_data.py: the fortunes package, TTS only), which holds it near the
-            base model outside its domain (replay.py).
+            base model outside its domain (replay.py), at each of --replay-weights.
   tune      DAS's adapters, reading of Eq. (3), τ, end and switch rules, chosen by decoding
             in-domain and out-of-domain validation speech (bench/tune.py has the candidates
             and the rule).
@@ -77,10 +77,17 @@ def train_runs(args) -> list[dict]:
     for lr in args.statements_lrs:  # the training text experiment (bench/statements.py)
         runs += [{"name": f"lora-{d}-stmt-lr{lr:g}", "method": "lora", "data": [d], "lr": lr, "statements": True}
                  for d in DOMAINS]
-    for lr in args.replay_lrs:  # the forgetting experiment (replay.py)
-        runs += [{"name": f"lora-{d}-replay-lr{lr:g}", "method": "lora", "data": [d], "lr": lr, "replay": True}
-                 for d in DOMAINS]
+    for lr in args.replay_lrs:  # the forgetting experiment (replay.py), at each replay weight
+        for w in getattr(args, "replay_weights", [1.0]):
+            runs += [{"name": f"lora-{d}-{replay_data_kind(w)}-lr{lr:g}", "method": "lora", "data": [d], "lr": lr,
+                      "replay": w} for d in DOMAINS]
     return runs
+
+
+def replay_data_kind(weight: float) -> str:
+    """How adapters trained with replay at `weight` are named (and called in tune.py):
+    "replay" at weight 1 (their name from before the weight grid), else "replay-w<weight>"."""
+    return "replay" if weight == 1 else f"replay-w{weight:g}"
 
 
 def chosen_lr(run: Path, prefix: str) -> tuple[float, str] | None:
@@ -127,7 +134,8 @@ def stage_train(args, run: Path) -> None:
         if spec.get("replay"):
             import replay_data
 
-            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT))]
+            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT)),
+                      "--replay-weight", f"{spec['replay']:g}"]
         val = (run / "data" / "train" / spec["data"][0] / "val.jsonl" if len(spec["data"]) == 1
                else run / "data" / "train" / "val_multi.jsonl")
         out = models / f"{name}.st"
@@ -335,6 +343,7 @@ def main() -> int:
                    "split plus the statements datagen rejected (bench/statements.py; the tune stage weighs them)")
     p.add_argument("--replay-lrs", default="", help="also train each domain's LoRA at these rates with `train "
                    "--replay` (replay.py, bench/replay_data.py; the tune stage weighs them)")
+    p.add_argument("--replay-weights", default="1", help="with --replay-lrs: train at each of these `--replay-weight`s")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
     p.add_argument("--systems", default="*", help="eval: only systems matching these comma-separated globs")
     p.add_argument("--sets", default="*", help="eval: only test sets matching these comma-separated globs")
@@ -345,6 +354,7 @@ def main() -> int:
     args.ft_lrs = [float(x) for x in args.ft_lrs.split(",")]
     args.statements_lrs = [float(x) for x in args.statements_lrs.split(",") if x.strip()]
     args.replay_lrs = [float(x) for x in args.replay_lrs.split(",") if x.strip()]
+    args.replay_weights = [float(x) for x in args.replay_weights.split(",")]
     args.methods = set(args.methods.split(","))
     stages = args.stages.split(",")
     unknown = sorted(set(stages) - set(STAGES))

@@ -18,8 +18,8 @@ Up to four steps, each a grid of candidates:
   4. (only with reproduce.py --statements-lrs or --replay-lrs) at step 3's reading, end and
      switch rules: each τ of TUNE_TAUS with the adapters trained on requests alone (step 3's
      rate and scores), on requests plus in-domain statements (bench/statements.py), or on
-     requests with out-of-domain replay (train --replay, replay.py), each at every rate it
-     was trained at, on all sets.
+     requests with out-of-domain replay (train --replay, replay.py) at each replay weight
+     (reproduce.py --replay-weights), each at every rate it was trained at, on all sets.
 
 Validation sets, none of them a test set:
   <domain>   each domain's validation split (10% of its synthetic training texts, held out
@@ -44,16 +44,21 @@ always fall back on it.
 import json
 from pathlib import Path
 
-from reproduce import Scorer, model_file
+from reproduce import Scorer, model_file, replay_data_kind
 from study_data import DOMAINS, OOD_VAL, OOD_VALS, join_clips, log, read_rows
 
 TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3)
 READINGS = ("das", "max-only")
 ENDS = ("any", "base")  # adml_select.ENDS; not imported, so that this module loads without torch
 SWITCHES = ("token", "word")  # adml_select.SWITCHES, likewise
-# How the adapters trained: datagen's requests alone, plus statements, or with replay (train --replay).
+# How the adapters trained: datagen's requests alone, plus statements, or with replay (train --replay);
+# "replay-w<weight>" is replay at another --replay-weight than 1 (reproduce.replay_data_kind).
 DATA = ("requests", "statements", "replay")
-SUFFIX = {"requests": "", "statements": "stmt", "replay": "replay"}  # in model names and labels
+SUFFIX = {"requests": "", "statements": "stmt"}  # in model names and labels; any other kind is its own
+
+
+def suffix(data: str) -> str:
+    return SUFFIX.get(data, data)
 MAX_OOD_RISE = 0.02
 LONG_IN_DOMAIN, LONG_OOD = "long-domains", "long-ood"
 IN_DOMAIN = DOMAINS + (LONG_IN_DOMAIN,)
@@ -103,7 +108,7 @@ def data_candidates(third: dict, trained: list[tuple[str, float]]) -> list[dict]
 
 def label(c: dict) -> str:
     end, switch = c.get("end", "any"), c.get("switch", "token")
-    data = SUFFIX[c.get("data", DATA[0])]
+    data = suffix(c.get("data", DATA[0]))
     data = f" {data}" if data else ""
     return (f"lr{c['lr']:g}{data} {c['strategy']} tau={c['tau']:g}" + ("" if end == "any" else f" end={end}")
             + ("" if switch == "token" else f" switch={switch}"))
@@ -111,8 +116,8 @@ def label(c: dict) -> str:
 
 def das_files(run: Path, lr: float | None, data: str = DATA[0]) -> list[Path] | None:
     """The three adapters at `lr`, or each domain's own choice by validation loss (lr None);
-    data "statements" or "replay": those trained so (at `lr` only)."""
-    kind = f"-{SUFFIX[data]}" if SUFFIX[data] else ""
+    data "statements", "replay" or "replay-w<weight>": those trained so (at `lr` only)."""
+    kind = f"-{suffix(data)}" if suffix(data) else ""
     files = [model_file(run, f"lora-{d}{kind}" + (f"-lr{lr:g}" if lr is not None else "")) for d in DOMAINS]
     return files if all(files) else None
 
@@ -214,7 +219,8 @@ def stage_tune(args, run: Path) -> None:
 
     # Step 4's other adapters. Statements count only at step 3's rate, as before replay came.
     trained = [("statements", lr) for lr in getattr(args, "statements_lrs", []) if lr == choice["lr"]]
-    trained += [("replay", lr) for lr in getattr(args, "replay_lrs", [])]
+    trained += [(replay_data_kind(w), lr) for lr in getattr(args, "replay_lrs", [])
+                for w in getattr(args, "replay_weights", [1.0])]
     if trained and choice["lr"] is not None and "switch_candidates" in result:  # step 4
         for data, lr in trained:
             files_at[lr, data] = das_files(run, lr, data)

@@ -275,6 +275,31 @@ def test_tune_step_four_weighs_adapters_trained_with_replay_at_each_rate(tmp_pat
     assert [f.name for f in das[2]] == [f"lora-{d}-replay-lr0.0003.st" for d in study_data.DOMAINS]
 
 
+def test_replay_weights_name_their_adapters_and_step_four_weighs_each(tmp_path):
+    import types
+
+    import tune
+
+    args = types.SimpleNamespace(lora_lrs=[1e-4], ft_lrs=[1e-5], statements_lrs=[], replay_lrs=[3e-4],
+                                 replay_weights=[1.0, 3.0])
+    replay = [(r["name"], r["replay"]) for r in reproduce.train_runs(args) if r.get("replay")]
+    assert replay[:2] == [("lora-music-replay-lr0.0003", 1.0), ("lora-weather-replay-lr0.0003", 1.0)]  # as before
+    assert replay[3:] == [(f"lora-{d}-replay-w3-lr0.0003", 3.0) for d in study_data.DOMAINS]
+
+    third = {"lr": 1e-4, "strategy": "max-only", "tau": 0.025, "end": "base", "switch": "token"}
+    cands = tune.data_candidates(third, [("replay", 3e-4), (reproduce.replay_data_kind(3.0), 3e-4)])
+    assert tune.label(cands[-1]) == "lr0.0003 replay-w3 max-only tau=0.3 end=base"
+    assert len({tune.label(c) for c in cands}) == len(cands) == 3 * len(tune.TUNE_TAUS)
+    run = lora_run(tmp_path, "-lr0.0001", "-replay-lr0.0003", "-replay-w3-lr0.0003")
+    (run / "tune.json").write_text(json.dumps({"chosen": {**third, "lr": 3e-4, "data": "replay-w3"}}))
+    das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
+    assert [f.name for f in das[2]] == [f"lora-{d}-replay-w3-lr0.0003.st" for d in study_data.DOMAINS]
+    assert report.trained_on("replay-w3") == "requests with replay at weight 3"
+    assert report.trained_on("replay") == "requests with replay"
+    results = {("DAS", "music"): {"config": {"tau": 0.01, "strategy": "max-only", "files": [str(f) for f in das[2]]}}}
+    assert report.das_label(results) == "DAS (τ = 0.01, max-only, adapters with replay at weight 3)"
+
+
 def test_statements_come_back_from_the_rejects(tmp_path):
     import statements
 
