@@ -55,13 +55,14 @@ SWITCHES = ("token", "word")  # adml_select.SWITCHES, likewise
 # "replay-w<weight>" is replay at another --replay-weight than 1 (reproduce.replay_data_kind).
 DATA = ("requests", "statements", "replay")
 SUFFIX = {"requests": "", "statements": "stmt"}  # in model names and labels; any other kind is its own
-
-
-def suffix(data: str) -> str:
-    return SUFFIX.get(data, data)
 MAX_OOD_RISE = 0.02
 LONG_IN_DOMAIN, LONG_OOD = "long-domains", "long-ood"
 IN_DOMAIN = DOMAINS + (LONG_IN_DOMAIN,)
+
+
+def suffix(data: str) -> str:
+    """A kind of training's part of model names and labels: "" for requests, "stmt", "replay", "replay-w3"."""
+    return SUFFIX.get(data, data)
 
 
 def val_sets(args, run: Path) -> dict[str, Path]:
