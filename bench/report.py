@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import bootstrap
+
 DOMAINS = ("music", "weather", "sports")
 OOD = ("librivox", "cards", "asterisk")
 TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 1.0)
@@ -115,6 +117,22 @@ def table5(results) -> str:
         rows.append([label] + [cell(wer(results, system, s), wer(results, "original", s)) for s in OOD]
                     + [cell(pooled(results, system, OOD), pooled(results, "original", OOD))])
     return table(["model", *OOD, "all real speech (pooled)"], rows)
+
+
+def intervals_table(results) -> str:
+    """95% paired-bootstrap intervals of relative changes (bench/bootstrap.py): whether the
+    test sets can tell the systems apart, and a target met from one missed."""
+    rows = []
+    for label, old, new in (("DAS against the original", "original", "DAS"),
+                            ("LoRA-ft-Multi against the original", "original", "lora-multi"),
+                            ("DAS against LoRA-ft-Multi", "lora-multi", "DAS")):
+        cells = []
+        for sets in [(d,) for d in DOMAINS] + [OOD]:
+            pair = [results.get((old, s)) for s in sets], [results.get((new, s)) for s in sets]
+            scored = all(r and "details" in r for r in pair[0] + pair[1])
+            cells.append(bootstrap.describe(bootstrap.relative_change(*bootstrap.paired(*pair))) if scored else "-")
+        rows.append([label] + cells)
+    return table(["change", *DOMAINS, "all real speech (pooled)"], rows)
 
 
 def scored_das_config(results) -> dict | None:
@@ -318,6 +336,9 @@ def write(run: Path) -> Path:
         "## Table IV: in-domain test sets\n\n" + table4(results),
         f"## Table II: which part to fine-tune ({DOMAINS[0]} data)\n\n" + table2(results),
         "## Table V: real speech, out of domain\n\n" + table5(results),
+        "## How sure: 95% intervals of the changes\n\nRelative change of the summed word errors, and its 95% "
+        "interval from a paired bootstrap over utterances (`bench/bootstrap.py`). An interval that holds 0, "
+        "or a target, means the test set cannot tell.\n\n" + intervals_table(results),
         "## τ sweep (DAS)\n\n" + tau_table(results),
         "## Table VI: real-time factor\n\n" + table6(run),
         plots(run, results),
