@@ -36,6 +36,10 @@ POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
 ASTERISK_TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 OOD_SETS = ("librivox", "cards", "asterisk")
+# One llama.cpp server per core, 1 thread each: each serves one request at a time, so one
+# 2-thread server left the CPU idle between requests (about 21 items a minute here, against
+# 30 to 39 from two 1-thread servers; RESULTS.md, eighth pass).
+LLM_SERVERS = 2
 
 
 def log(msg: str) -> None:
@@ -75,31 +79,47 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 # ---------------------------------------------------------------- data
 
 
+def balance(loads: list[int], servers: int) -> list[int]:
+    """A server for each job, so that the servers' summed loads come out even: the largest
+    job first, each to the least loaded server so far."""
+    totals, choice = [0] * servers, [0] * len(loads)
+    for i in sorted(range(len(loads)), key=lambda i: -loads[i]):
+        choice[i] = totals.index(min(totals))
+        totals[choice[i]] += loads[i]
+    return choice
+
+
 def stage_generate(args, run: Path) -> None:
-    port = os.environ.get("PORT", "8012")
-    url = args.llm_url or f"http://127.0.0.1:{port}/v1"
-    jobs = []
+    port = int(os.environ.get("PORT", "8012"))
+    jobs = []  # (command without --llm-url, log file, items still to make)
     for d in DOMAINS:
         for split, count, voices, seed, workers in (("train", args.train_per_domain, TRAIN_VOICES, 0, 2),
                                                     ("test_raw", args.test_per_domain, TEST_VOICES, 1000, 1)):
             out = run / "data" / split / d
-            if len(read_rows(out / "manifest.jsonl")) >= count:
+            have = len(read_rows(out / "manifest.jsonl"))
+            if have >= count:
                 continue
             cmd = [sys.executable, "das.py", "generate", "--domain", d, "--count", str(count), "--out", str(out),
-                   "--llm-url", url, "--tts", voices, "--workers", str(workers), "--seed", str(seed),
-                   "--progress-every", "60"]
-            jobs.append((cmd, run / "logs" / f"generate_{split}_{d}.log"))
+                   "--tts", voices, "--workers", str(workers), "--seed", str(seed), "--progress-every", "60"]
+            jobs.append((cmd, run / "logs" / f"generate_{split}_{d}.log", count - have))
     out = run / "data" / "val_ood" / OOD_VAL  # the tune stage's out-of-domain validation set
-    if len(read_rows(out / "manifest.jsonl")) < args.ood_val_count:
+    have = len(read_rows(out / "manifest.jsonl"))
+    if have < args.ood_val_count:
         cmd = [sys.executable, "das.py", "generate", "--domain", str(OOD_VAL_DOMAIN), "--count",
-               str(args.ood_val_count), "--out", str(out), "--llm-url", url, "--tts", OOD_VAL_VOICES,
+               str(args.ood_val_count), "--out", str(out), "--tts", OOD_VAL_VOICES,
                "--workers", "1", "--seed", "2000", "--progress-every", "60"]
-        jobs.append((cmd, run / "logs" / f"generate_val_ood_{OOD_VAL}.log"))
+        jobs.append((cmd, run / "logs" / f"generate_val_ood_{OOD_VAL}.log", args.ood_val_count - have))
     speak_fortunes(args, run)
+    urls = [args.llm_url] if args.llm_url else \
+        [f"http://127.0.0.1:{port + i}/v1" for i in range(min(LLM_SERVERS, len(jobs)))]
     if jobs and args.llm_url is None:
-        run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / "llm_server.log", {**os.environ, "PORT": port})
-    # All runs at once keep the LLM server busy while the others speak their texts.
-    procs = [(start_logged(cmd, logfile), logfile) for cmd, logfile in jobs]
+        for i in range(len(urls)):
+            run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / f"llm_server_{port + i}.log",
+                       {**os.environ, "PORT": str(port + i), "N_THREADS": "1"})
+    servers = balance([left for _, _, left in jobs], len(urls))
+    # All runs at once keep the LLM servers busy while the others speak their texts.
+    procs = [(start_logged([*cmd, "--llm-url", urls[s]], logfile), logfile)
+             for (cmd, logfile, _), s in zip(jobs, servers)]
     failed = [str(lf) for p, lf in procs if p.wait() != 0]
     if failed:
         raise SystemExit(f"generation failed; see {', '.join(failed)}. Rerun to resume.")

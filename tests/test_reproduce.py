@@ -398,3 +398,32 @@ def test_replay_texts_take_the_categories_in_turn_and_leave_out_the_validation_f
     (tmp_path / "pets").unlink()
     with pytest.raises(SystemExit, match="no pets"):
         replay_data.replay_texts(1, tmp_path)
+
+
+def test_generate_spreads_its_jobs_over_two_one_thread_llm_servers(tmp_path, monkeypatch):
+    loads = [1500, 200, 1500, 200, 1500, 200, 150]
+    choice = study_data.balance(loads, 2)
+    totals = [sum(n for n, c in zip(loads, choice) if c == s) for s in (0, 1)]
+    assert sorted(totals) == [2250, 3000]  # the best split of three 1500s, 450 of small jobs to one side
+    assert study_data.balance([4, 3, 3], 2) in ([0, 1, 1], [1, 0, 0])  # 4 | 3 + 3, never 4 + 3 | 3
+    assert study_data.balance([5, 3], 1) == [0, 0] and study_data.balance([], 0) == []
+    started, servers = [], []
+    monkeypatch.setattr(study_data, "run_logged", lambda cmd, log, env=None: servers.append((env["PORT"],
+                                                                                          env["N_THREADS"])))
+    monkeypatch.setattr(study_data, "start_logged", lambda cmd, log, env=None: started.append(cmd) or
+                        type("Done", (), {"wait": lambda self: 0})())
+    monkeypatch.setattr(study_data, "speak_fortunes", lambda args, run: None)
+    monkeypatch.setenv("PORT", "9000")
+    args = type("Args", (), {"llm_url": None, "train_per_domain": 10, "test_per_domain": 4, "ood_val_count": 3})()
+    study_data.write_rows(tmp_path / "data" / "train" / "music" / "manifest.jsonl", [{"text": "x"}] * 10)  # done
+    study_data.stage_generate(args, tmp_path)
+    assert servers == [("9000", "1"), ("9001", "1")]
+    urls = {cmd[cmd.index("--out") + 1].split("data/")[1]: cmd[cmd.index("--llm-url") + 1] for cmd in started}
+    assert "train/music" not in urls and len(urls) == 6  # 2 training sets, 3 test sets, everyday
+    assert urls["train/weather"] != urls["train/sports"]  # the two big jobs on different servers
+    assert set(urls.values()) == {"http://127.0.0.1:9000/v1", "http://127.0.0.1:9001/v1"}
+    started.clear()
+    args.llm_url = "http://example:1/v1"  # a server of the user's: no local ones, every job goes there
+    servers.clear()
+    study_data.stage_generate(args, tmp_path)
+    assert servers == [] and {cmd[cmd.index("--llm-url") + 1] for cmd in started} == {"http://example:1/v1"}
