@@ -408,7 +408,7 @@ def test_generate_spreads_its_jobs_over_two_one_thread_llm_servers(tmp_path, mon
     assert study_data.balance([4, 3, 3], 2) in ([0, 1, 1], [1, 0, 0])  # 4 | 3 + 3, never 4 + 3 | 3
     assert study_data.balance([5, 3], 1) == [0, 0] and study_data.balance([], 0) == []
     started, servers = [], []
-    monkeypatch.setattr(study_data, "run_logged", lambda cmd, log, env=None: servers.append((env["PORT"],
+    monkeypatch.setattr(study_data, "run_logged", lambda cmd, log, env=None: servers.append((cmd[-1], env["PORT"],
                                                                                           env["N_THREADS"])))
     monkeypatch.setattr(study_data, "start_logged", lambda cmd, log, env=None: started.append(cmd) or
                         type("Done", (), {"wait": lambda self: 0})())
@@ -417,7 +417,7 @@ def test_generate_spreads_its_jobs_over_two_one_thread_llm_servers(tmp_path, mon
     args = type("Args", (), {"llm_url": None, "train_per_domain": 10, "test_per_domain": 4, "ood_val_count": 3})()
     study_data.write_rows(tmp_path / "data" / "train" / "music" / "manifest.jsonl", [{"text": "x"}] * 10)  # done
     study_data.stage_generate(args, tmp_path)
-    assert servers == [("9000", "1"), ("9001", "1")]
+    assert servers == [("start", "9000", "1"), ("start", "9001", "1")]
     urls = {cmd[cmd.index("--out") + 1].split("data/")[1]: cmd[cmd.index("--llm-url") + 1] for cmd in started}
     assert "train/music" not in urls and len(urls) == 6  # 2 training sets, 3 test sets, everyday
     assert urls["train/weather"] != urls["train/sports"]  # the two big jobs on different servers
