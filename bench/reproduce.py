@@ -145,15 +145,25 @@ def stage_train(args, run: Path) -> None:
                "--domain", spec["data"][0] if len(spec["data"]) == 1 else "multi",
                "--lr", f"{lr:g}", "--epochs", str(args.epochs), "--batch-size", "16",
                "--cache-dir", str(run / "cache" / "encoder"), "--device", args.device, "--progress-every", "30"]
-        if (models / f"{name}.ckpt.st").is_file():
-            cmd.append("--resume")
-        t = time.time()
-        run_logged(cmd, run / "logs" / f"train_{name}.log")
-        meta = lora.read_header(out)["__metadata__"]
-        done.write_text(json.dumps({"name": name, "method": spec["method"], "data": spec["data"], "lr": lr,
-                                    "val_loss": float(meta["val_loss"]), "best_step": int(meta["steps"]),
-                                    "total_steps": int(meta["total_steps"]),
-                                    "seconds": round(time.time() - t, 1)}, indent=1) + "\n")
+        lock = models / f"{name}.lock"
+        models.mkdir(parents=True, exist_ok=True)
+        if not claim(lock):
+            log(f"train: {name} is being trained by another process; skipped")
+            continue
+        try:
+            if done.is_file():  # finished by another process since this one looked
+                continue
+            if (models / f"{name}.ckpt.st").is_file():
+                cmd.append("--resume")
+            t = time.time()
+            run_logged(cmd, run / "logs" / f"train_{name}.log")
+            meta = lora.read_header(out)["__metadata__"]
+            done.write_text(json.dumps({"name": name, "method": spec["method"], "data": spec["data"], "lr": lr,
+                                        "val_loss": float(meta["val_loss"]), "best_step": int(meta["steps"]),
+                                        "total_steps": int(meta["total_steps"]),
+                                        "seconds": round(time.time() - t, 1)}, indent=1) + "\n")
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -190,6 +200,24 @@ def systems(run: Path) -> list[tuple[str, str, list[Path], float, str, str, str]
         if model_file(run, name):
             out.append((name, "finetune", [model_file(run, name)], *plain))
     return out
+
+
+def claim(lock: Path) -> bool:
+    """Take `lock` (a file holding this process's id) so that two processes sharing a stage
+    never do the same work twice; False while a live process holds it. A lock left by a
+    process that died is taken over, so a crash never blocks a rerun."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            lock.unlink(missing_ok=True)
+            return claim(lock)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 class Scorer:
@@ -265,18 +293,8 @@ class Scorer:
 
         lock = out.with_name(out.name + ".lock")
         out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = int(lock.read_text() or 0)
-            try:
-                os.kill(pid, 0)
-                return None  # a live process is scoring it
-            except (ProcessLookupError, ValueError):
-                lock.unlink(missing_ok=True)  # left by a process that died: take it over
-                return self.score(name, config, files, rows, set_name, out)
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+        if not claim(lock):
+            return None  # a live process is scoring it
         try:
             if self.is_done(out, config):
                 return None
@@ -351,7 +369,7 @@ def main() -> int:
     p.add_argument("--table6-quick", action="store_true", help="Table VI with bench/adml.py --quick (k = 1, 3, 25)")
     p.add_argument("--llm-url", default=None, help="OpenAI-compatible LLM (default: start bench/llm_server.sh)")
     args = p.parse_args()
-    args.lora_lrs = [float(x) for x in args.lora_lrs.split(",")]
+    args.lora_lrs = [float(x) for x in args.lora_lrs.split(",") if x.strip()]
     args.ft_lrs = [float(x) for x in args.ft_lrs.split(",")]
     args.statements_lrs = [float(x) for x in args.statements_lrs.split(",") if x.strip()]
     args.replay_lrs = [float(x) for x in args.replay_lrs.split(",") if x.strip()]
