@@ -171,6 +171,11 @@ def tune_section(run: Path) -> str:
         return "(not run yet: stage tune)"
     t = json.loads(path.read_text())
     first, chosen = t.get("first", t["chosen"]), t["chosen"]
+    if "from" in t:  # reproduce.py --tune-from
+        return (f"Not tuned on this run: DAS takes the settings of {t['from']} (adapters trained on "
+                f"{trained_on(chosen.get('data', 'requests'))} at lr {chosen['lr']:g}, {chosen['strategy']}, "
+                f"τ = {chosen['tau']:g}, {chosen.get('end', 'any')} may end the transcript, "
+                f"switch at {chosen.get('switch', 'token')}).")
     sizes = ", ".join(f"{s} {n}" for s, n in t["sizes"].items())
     out = (f"Validation WER (utterances or clips: {sizes}).\n\nStep 1, on the short sets:\n\n"
            + tune_table(t["candidates"], t["original"], ["lr", "strategy", "tau"], ["LoRA lr", "reading", "τ"])

@@ -30,7 +30,8 @@ at most the item or model in progress (generation and training resume inside tha
             base model outside its domain (replay.py), at each of --replay-weights.
   tune      DAS's adapters, reading of Eq. (3), τ, end and switch rules, chosen by decoding
             in-domain and out-of-domain validation speech (bench/tune.py has the candidates
-            and the rule).
+            and the rule). With --tune-from OTHER_RUN it decodes nothing and takes the settings
+            OTHER_RUN's tune stage chose (report.md says so).
   eval      every system on every test set, one JSON per pair. The frozen encoder runs once
             per window for all systems (encoder_cache.EncoderMemo: exact, fp32), so RTF is
             not measured here; Table VI measures it.
@@ -364,6 +365,8 @@ def main() -> int:
                    "--replay` (replay.py, bench/replay_data.py; the tune stage weighs them)")
     p.add_argument("--replay-weights", default="1", help="with --replay-lrs: train at each of these `--replay-weight`s")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
+    p.add_argument("--tune-from", default=None, type=Path, help="tune: take DAS's settings from this other run's "
+                   "tune.json instead of decoding validation speech (report.md says so)")
     p.add_argument("--systems", default="*", help="eval: only systems matching these comma-separated globs")
     p.add_argument("--sets", default="*", help="eval: only test sets matching these comma-separated globs")
     p.add_argument("--table6-quick", action="store_true", help="Table VI with bench/adml.py --quick (k = 1, 3, 25)")

@@ -166,9 +166,24 @@ def score_grid(args, run: Path, scorer, grid: list[dict], files_at: dict, rows_o
     return scorer, wer, all(len(w) == len(rows_of) for w in wer.values())
 
 
+def carry_over(run: Path, other: Path) -> dict:
+    """reproduce.py --tune-from: DAS takes the settings another run's tune stage chose, with
+    nothing decoded here (a run too large to tune on this machine). Written to run/tune.json
+    with where they came from, so report.md says this run was not tuned."""
+    path = Path(other) / "tune.json"
+    if not path.is_file():
+        raise SystemExit(f"tune: --tune-from {other}: {path} does not exist (run that study's tune stage first)")
+    choice = {**json.loads(path.read_text())["chosen"],
+              "why": f"carried over from {path}, not chosen on this run's validation data"}
+    (run / "tune.json").write_text(json.dumps({"chosen": choice, "from": str(path)}, indent=1) + "\n")
+    return choice
+
+
 def stage_tune(args, run: Path) -> None:
     from evaluate import read_manifest
 
+    if getattr(args, "tune_from", None):
+        return log(f"tune: {carry_over(run, args.tune_from)}")
     sets = {n: p for n, p in val_sets(args, run).items() if p.is_file()}
     missing = sorted(set(val_sets(args, run)) - set(sets))
     if missing:

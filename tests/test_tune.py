@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import report  # noqa: E402
 import reproduce  # noqa: E402
@@ -172,3 +174,25 @@ def test_replay_weights_name_their_adapters_and_step_four_weighs_each(tmp_path):
     assert report.trained_on("replay") == "requests with replay"
     results = {("DAS", "music"): {"config": {"tau": 0.01, "strategy": "max-only", "files": [str(f) for f in das[2]]}}}
     assert report.das_label(results) == "DAS (τ = 0.01, max-only, adapters with replay at weight 3)"
+
+
+def test_tune_from_another_run_carries_its_choice_over_and_says_so(tmp_path):
+    import types
+
+    other = tmp_path / "other"
+    other.mkdir()
+    args = types.SimpleNamespace(tune_from=other)
+    run = lora_run(tmp_path, "-replay-lr0.0003", "-lr0.0001")
+    with pytest.raises(SystemExit, match="other/tune.json does not exist"):
+        tune.stage_tune(args, run)
+    chosen = {"lr": 3e-4, "strategy": "max-only", "tau": 0.01, "end": "base", "switch": "token", "data": "replay",
+              "why": "lowest mean in-domain validation WER"}
+    (other / "tune.json").write_text(json.dumps({"chosen": chosen, "candidates": []}))
+    tune.stage_tune(args, run)
+    assert {k: v for k, v in tune.chosen(run).items() if k != "why"} == {k: v for k, v in chosen.items() if k != "why"}
+    das = {s[0]: s for s in reproduce.systems(run)}["DAS"]
+    assert [f.name for f in das[2]] == [f"lora-{d}-replay-lr0.0003.st" for d in study_data.DOMAINS]
+    assert das[3:] == (0.01, "max-only", "base", "token")
+    section = report.tune_section(run)
+    assert section.startswith(f"Not tuned on this run: DAS takes the settings of {other / 'tune.json'}")
+    assert "requests with replay at lr 0.0003, max-only, τ = 0.01, base may end" in section
