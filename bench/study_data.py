@@ -65,6 +65,23 @@ def run_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> None:
         raise SystemExit(f"step failed with exit code {code}; see {logfile}. Rerun the same command to resume.")
 
 
+def claim(lock: Path) -> bool:
+    """Take `lock` (a file holding this process's id) so that two processes sharing a stage
+    never do the same work twice; False while a live process holds it. A lock left by a
+    process that died is taken over, so a crash never blocks a rerun."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            lock.unlink(missing_ok=True)
+            return claim(lock)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 

@@ -44,7 +44,8 @@ always fall back on it.
 import json
 from pathlib import Path
 
-from reproduce import Scorer, model_file, replay_data_kind
+from reproduce import model_file, replay_data_kind
+from scorer import Scorer
 from study_data import DOMAINS, OOD_VAL, OOD_VALS, join_clips, log, read_rows
 
 TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3)

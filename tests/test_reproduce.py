@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import report  # noqa: E402
 import reproduce  # noqa: E402
+import scorer  # noqa: E402
 import study_data  # noqa: E402
 
 
@@ -157,18 +158,18 @@ def test_report_leaves_out_a_stale_tau_sweep(tmp_path):
 
 def test_a_score_is_redone_when_its_system_changes(tmp_path):
     out = tmp_path / "eval" / "DAS" / "music.json"
-    config = reproduce.Scorer.config("adml", [Path("m/lora-music-lr0.0003.st")], 0.025, "das")
+    config = scorer.Scorer.config("adml", [Path("m/lora-music-lr0.0003.st")], 0.025, "das")
     assert config["files"] == ["lora-music-lr0.0003.st"]
-    assert not reproduce.Scorer.is_done(out, config)
+    assert not scorer.Scorer.is_done(out, config)
     study_data.write_rows(out, [{"system": "DAS", "wer": 5.0, "config": config}])
-    assert reproduce.Scorer.is_done(out, config)
-    assert not reproduce.Scorer.is_done(out, {**config, "strategy": "max-only"})
+    assert scorer.Scorer.is_done(out, config)
+    assert not scorer.Scorer.is_done(out, {**config, "strategy": "max-only"})
     # `end` and `switch` are recorded only when not the default, so scores made before them stay valid.
-    make = reproduce.Scorer.config
+    make = scorer.Scorer.config
     assert make("adml", [], 0.1, "das", "any", "token") == make("adml", [], 0.1, "das")
     for rule in (("base", "token"), ("any", "word")):
-        assert not reproduce.Scorer.is_done(out, make("adml", [Path("lora-music-lr0.0003.st")], 0.025, "das", *rule))
-    assert not reproduce.Scorer.is_done(out, {**config, "files": ["lora-music-lr0.0001.st"]})
+        assert not scorer.Scorer.is_done(out, make("adml", [Path("lora-music-lr0.0003.st")], 0.025, "das", *rule))
+    assert not scorer.Scorer.is_done(out, {**config, "files": ["lora-music-lr0.0001.st"]})
 
 
 def test_report_tune_section_shows_every_step(tmp_path):
@@ -257,12 +258,12 @@ def test_a_lock_held_by_a_live_process_is_respected_and_a_dead_ones_taken_over(t
     import subprocess
 
     lock = tmp_path / "x.lock"
-    assert reproduce.claim(lock) and lock.read_text() == str(os.getpid())
-    assert not reproduce.claim(lock)  # held (by this very process, which is alive)
+    assert study_data.claim(lock) and lock.read_text() == str(os.getpid())
+    assert not study_data.claim(lock)  # held (by this very process, which is alive)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.write_text(str(dead.pid))
-    assert reproduce.claim(lock) and lock.read_text() == str(os.getpid())
+    assert study_data.claim(lock) and lock.read_text() == str(os.getpid())
 
 
 def test_two_processes_share_the_train_stage(tmp_path, monkeypatch):
