@@ -1,7 +1,4 @@
-"""What reproduce.py's eval and tune stages score with: one base model, its encoder memo and
-the audio, shared by every system a process scores. Each (system, set) score is one JSON file
-that records the system's config, so a changed system is scored again and a finished one
-never is."""
+"""What reproduce.py's eval stage and bench/tune.py score systems with (the class says how)."""
 
 import json
 import time
