@@ -10,8 +10,8 @@ plots/. Each stage skips what a previous run finished, so a crash, a Ctrl-C or a
 at most the item or model in progress (generation and training resume inside that too):
 
   generate  datagen, through two local LLM servers on $PORT and $PORT + 1 (bench/llm_server.sh,
-            1 thread each, left running: `PORT=N bench/llm_server.sh stop`) unless --llm-url
-            is given: training texts spoken by TRAIN_VOICES, and from a separate run (other
+            1 thread each, stopped when the stage ends; one already up is used and left up)
+            unless --llm-url is given: training texts spoken by TRAIN_VOICES, and from a separate run (other
             seed) test texts spoken only by TEST_VOICES, an engine and voices training never
             uses; and the tune stage's two out-of-domain validation sets, everyday requests
             from the LLM and fortunes-min sentences, in a voice of their own (bench/study_data.py).

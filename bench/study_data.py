@@ -106,6 +106,12 @@ def balance(loads: list[int], servers: int) -> list[int]:
     return choice
 
 
+def llm_server_up(env: dict) -> bool:
+    """Whether bench/llm_server.sh already has a server answering on env's PORT."""
+    return subprocess.run(["bash", "bench/llm_server.sh", "status"], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
 def stage_generate(args, run: Path) -> None:
     port = int(os.environ.get("PORT", "8012"))
     jobs = []  # (command without --llm-url, log file, items still to make)
@@ -129,15 +135,22 @@ def stage_generate(args, run: Path) -> None:
     speak_fortunes(args, run)
     urls = [args.llm_url] if args.llm_url else \
         [f"http://127.0.0.1:{port + i}/v1" for i in range(min(LLM_SERVERS, len(jobs)))]
-    if jobs and args.llm_url is None:
-        for i in range(len(urls)):
-            run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / f"llm_server_{port + i}.log",
-                       {**os.environ, "PORT": str(port + i), "N_THREADS": "1"})
-    servers = balance([left for _, _, left in jobs], len(urls))
-    # All runs at once keep the LLM servers busy while the others speak their texts.
-    procs = [(start_logged([*cmd, "--llm-url", urls[s]], logfile), logfile)
-             for (cmd, logfile, _), s in zip(jobs, servers)]
-    failed = [str(lf) for p, lf in procs if p.wait() != 0]
+    ours = []  # the LLM servers this stage starts, stopped when it ends (a user's own stay up)
+    try:
+        if jobs and args.llm_url is None:
+            for i in range(len(urls)):
+                env = {**os.environ, "PORT": str(port + i), "N_THREADS": "1"}
+                if not llm_server_up(env):
+                    ours.append(env)
+                run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / f"llm_server_{port + i}.log", env)
+        servers = balance([left for _, _, left in jobs], len(urls))
+        # All runs at once keep the LLM servers busy while the others speak their texts.
+        procs = [(start_logged([*cmd, "--llm-url", urls[s]], logfile), logfile)
+                 for (cmd, logfile, _), s in zip(jobs, servers)]
+        failed = [str(lf) for p, lf in procs if p.wait() != 0]
+    finally:  # also after a failure or Ctrl-C, so that no idle server keeps its port and memory
+        for env in ours:
+            run_logged(["bash", "bench/llm_server.sh", "stop"], run / "logs" / f"llm_server_{env['PORT']}.log", env)
     if failed:
         raise SystemExit(f"generation failed; see {', '.join(failed)}. Rerun to resume.")
 

@@ -238,15 +238,26 @@ def test_generate_spreads_its_jobs_over_two_one_thread_llm_servers(tmp_path, mon
     monkeypatch.setattr(study_data, "start_logged", lambda cmd, log, env=None: started.append(cmd) or
                         type("Done", (), {"wait": lambda self: 0})())
     monkeypatch.setattr(study_data, "speak_fortunes", lambda args, run: None)
+    monkeypatch.setattr(study_data, "llm_server_up", lambda env: False)
     monkeypatch.setenv("PORT", "9000")
     args = type("Args", (), {"llm_url": None, "train_per_domain": 10, "test_per_domain": 4, "ood_val_count": 3})()
     study_data.write_rows(tmp_path / "data" / "train" / "music" / "manifest.jsonl", [{"text": "x"}] * 10)  # done
     study_data.stage_generate(args, tmp_path)
-    assert servers == [("start", "9000", "1"), ("start", "9001", "1")]
+    # started, then stopped once every job is done
+    assert servers == [("start", "9000", "1"), ("start", "9001", "1"), ("stop", "9000", "1"), ("stop", "9001", "1")]
     urls = {cmd[cmd.index("--out") + 1].split("data/")[1]: cmd[cmd.index("--llm-url") + 1] for cmd in started}
     assert "train/music" not in urls and len(urls) == 6  # 2 training sets, 3 test sets, everyday
     assert urls["train/weather"] != urls["train/sports"]  # the two big jobs on different servers
     assert set(urls.values()) == {"http://127.0.0.1:9000/v1", "http://127.0.0.1:9001/v1"}
+    # a server already up on 9000 (the user's) is used and left up; a failed job still stops ours
+    monkeypatch.setattr(study_data, "llm_server_up", lambda env: env["PORT"] == "9000")
+    monkeypatch.setattr(study_data, "start_logged", lambda cmd, log, env=None: type("Failed", (), {"wait": lambda self: 1})())
+    servers.clear()
+    with pytest.raises(SystemExit, match="generation failed"):
+        study_data.stage_generate(args, tmp_path)
+    assert servers == [("start", "9000", "1"), ("start", "9001", "1"), ("stop", "9001", "1")]
+    monkeypatch.setattr(study_data, "start_logged", lambda cmd, log, env=None: started.append(cmd) or
+                        type("Done", (), {"wait": lambda self: 0})())
     started.clear()
     args.llm_url = "http://example:1/v1"  # a server of the user's: no local ones, every job goes there
     servers.clear()
