@@ -252,7 +252,9 @@ def test_two_processes_train_the_same_adapter_as_one(tmp_path, model_dir, music)
     a, b = tensors(tmp_path / "one.st"), tensors(tmp_path / "two.st")
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+        # The two runs sum gradients in another order. 1e-5 held on the earlier CI machine; on an
+        # AMD EPYC one element of 256 differed by 2.2e-5 (relative 3.4e-4), so 1e-4 / 1e-3.
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
     # ... a tolerance far below how far training moved the adapter from its PiSSA start,
     # (trained B, B0) side by side in the rank-2r delta
     moved = max((v[:, :4] - v[:, 4:]).abs().max().item() for k, v in a.items() if k.endswith(".B"))
