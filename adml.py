@@ -257,14 +257,32 @@ class BatchedStreams:
         self.model, self.k, self.S = model, k, k + 1
         self.U = audio_features.shape[0]
         decoder = model.decoder
+        self.cross_kv = self._cross_kv(audio_features)
         if k:
-            self.cross_kv = [b.cross_attn.shared_kv(audio_features) for b in decoder.blocks]
             w = decoder.token_embedding.weight
             self.cache = EmptyKVCache(len(decoder.blocks), self.S * self.U, decoder.positional_embedding.shape[0],
                                       w.shape[1], w.dtype, w.device)
         else:
-            self.cross_kv = decoder.cross_kv(audio_features)
             self.cache = decoder.new_cache(self.U)
+
+    def _cross_kv(self, audio_features: Tensor) -> list:
+        decoder = self.model.decoder
+        if self.k:
+            return [b.cross_attn.shared_kv(audio_features) for b in decoder.blocks]
+        return decoder.cross_kv(audio_features)
+
+    def load(self, audio_features: Tensor) -> None:
+        """Another window's audio (same U) into the same tensors, overwritten in place, so
+        that what a CUDA graph recorded stays valid (cuda_graphs.py). The KV cache needs no
+        reset: a step writes its position before attention reads up to it."""
+        if audio_features.shape[0] != self.U:
+            raise ValueError(f"{audio_features.shape[0]} windows, but these streams hold {self.U}")
+        for old, new in zip(self.cross_kv, self._cross_kv(audio_features)):
+            pairs = zip(old, new) if isinstance(old, tuple) else \
+                ((getattr(old, f), getattr(new, f)) for f in ("k0", "v0", "pk", "pv"))
+            for a, b in pairs:
+                if a is not None:
+                    a.copy_(b)
 
     def prefill(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """The start tokens (U, T0) -> next-token logits of every stream (S, U, V), and the
@@ -391,12 +409,14 @@ def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingO
 
 
 def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das", single: str = "lora",
-                 end: str = "any", switch: str = "token", guard: int = 0):
+                 end: str = "any", switch: str = "token", guard: int = 0, cuda_graphs: bool = False):
     """Adapter files -> a `decode_fn(model, mel, tokenizer, options, audio_features=None)` for
     `whisper_min.transcribe`. Loads each adapter once (lora.load_adapter raises for a file made
     for another base model); raises ValueError for a file given twice, a bad tau, strategy, end, switch or guard.
     One file with single="lora" is plain decoding with that adapter merged in (the issue's
-    "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead."""
+    "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead.
+    cuda_graphs=True, with the model on a GPU: ADML replays its steps from CUDA graphs
+    (cuda_graphs.GraphedDecoder: the same tokens, a fraction of the launches)."""
     import os
 
     import lora  # only here: adml itself works on any Adapter-like objects
@@ -412,6 +432,10 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
     if stack.k == 1 and single == "lora":
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             return decode_merged(model, mel, tokenizer, options, audio_features, stack)
+    elif cuda_graphs and model.device.type == "cuda":
+        from cuda_graphs import GraphedDecoder  # only here: it builds on this module
+
+        decode_fn = GraphedDecoder(model, stack, tau=tau, strategy=strategy, end=end, switch=switch, guard=guard)
     else:
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy,

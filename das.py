@@ -26,6 +26,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="base", help="'base' (default), 'tiny.en', or a model directory")
     p.add_argument("--language", default="en", help="spoken language code (multilingual models)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on a GPU, launch every ADML step's kernels one by one instead of replaying CUDA graphs "
+                        "(same tokens, slower; cuda_graphs.py)")
     p.add_argument("--loras", default="", help="comma-separated adapter files (.st) decoded together with ADML")
     p.add_argument("--tau", default=DEFAULT_TAU, type=tau_argument,
                    help=f"ADML confidence threshold τ of Eq. (3), >= 0 (default {DEFAULT_TAU})")
@@ -131,7 +134,7 @@ def load_decoder(args, model):
     if not paths:
         return decode
     return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy, end=args.end, switch=args.switch,
-                             guard=args.guard)
+                             guard=args.guard, cuda_graphs=not args.no_cuda_graphs)
 
 
 def main(argv=None) -> int:

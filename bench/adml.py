@@ -4,6 +4,7 @@
     python bench/adml.py [--quick] [--device cuda] [--ks 1,2,3,10,25] [--clips N]
     python bench/adml.py --threads 1 --clock cpu   # on a CPU shared with other work
     python bench/adml.py --profile 3 --clips 1     # where the time goes, by operator
+    python bench/adml.py --device cuda --cuda-graphs   # steps replayed from CUDA graphs (cuda_graphs.py)
 
 RTF = wall time (log-mel + encoder + decoding, per utterance as the paper decodes) / audio
 seconds. %dP and %dS are the RTF increases over the base of the batched and the sequential
@@ -12,6 +13,9 @@ round, rounds interleaved, and each reports its fastest round: the machine is sh
 only ratios from the same run mean anything. Adapters are random rank-64 deltas (the rank
 of real PiSSA deltas) on the paper's targets, small enough that the transcripts (and so
 the number of decoding steps) stay the base's; the token counts are printed to check.
+With --cuda-graphs the original and the batched rows decode through cuda_graphs.GraphedDecoder
+(the same loop for both, k = 0 for the original), recorded in an untimed first pass whose
+token ids are checked against eager decoding; the sequential rows stay eager.
 """
 
 import argparse
@@ -27,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import adml  # noqa: E402
 import adml_reference  # noqa: E402
+import cuda_graphs  # noqa: E402
 import whisper_min  # noqa: E402
 from whisper_min.decoding import DecodingOptions, decode  # noqa: E402
 
@@ -99,6 +104,11 @@ def main() -> None:
                    help="wall: time.perf_counter; cpu: this process's CPU time, which on a shared machine "
                         "leaves out the time other processes hold the cores (use with --threads 1)")
     p.add_argument("--no-sequential", action="store_true", help="skip the sequential reference (it is slow)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="original and batched ADML replay each decoding step from a CUDA graph (needs --device cuda)")
+    p.add_argument("--sdpa-math", action="store_true",
+                   help="on CUDA, attention through PyTorch's plain-matmul SDPA instead of its fused kernels, whose "
+                        "one-query-row kernel is slow (the base uses SDPA everywhere, ADML's cross-attention never)")
     p.add_argument("--quick", action="store_true", help="2 clips, 1 round, k = 1, 3, 25")
     p.add_argument("--json", default=None, help="also write the table here (bench/report.py reads it)")
     p.add_argument("--profile", type=int, default=0, metavar="K",
@@ -110,6 +120,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        p.error("--cuda-graphs needs --device cuda")
+    if args.sdpa_math:
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if args.clock == "cpu" and device.type != "cpu":
         p.error("--clock cpu measures CPU time, which misses GPU work: use --clock wall with --device cuda")
     clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -135,10 +151,22 @@ def main() -> None:
             configs[f"{k}-S"] = (lambda d: lambda m, mel, tok, opt: adml_reference.decode_sequential(
                 m, mel, tok, opt, adapters=d))(deltas)
 
+    eager = {}  # with --cuda-graphs: each graphed configuration's eager twin, for the token check
+    if args.cuda_graphs:
+        eager = {name: configs[name] for name in ["original", *(f"{k}-P" for k in ks)]}
+        configs["original"] = cuda_graphs.GraphedDecoder(model)
+        for k in ks:
+            configs[f"{k}-P"] = cuda_graphs.GraphedDecoder(model, stacks[k])
+
     setup = (f"{args.model} on {device} ({torch.get_num_threads()} threads), {len(audios)} LibriVox clips, "
-             f"{seconds:.1f} s of audio, rank {args.rank}, {args.rounds} round(s), {args.clock} clock")
+             f"{seconds:.1f} s of audio, rank {args.rank}, {args.rounds} round(s), {args.clock} clock"
+             + (", CUDA graphs" if args.cuda_graphs else "") + (", math SDPA" if args.sdpa_math else ""))
     print(f"# {setup}", flush=True)
     run_config(model, tokenizer, audios[:1], decode, device, clock)  # warm-up
+    for name, fn in eager.items():  # record every graph (untimed), and check the tokens against eager decoding
+        graphed = run_config(model, tokenizer, audios, configs[name], device, clock)[1]
+        same = graphed == run_config(model, tokenizer, audios, fn, device, clock)[1]
+        print(f"# {name}: CUDA-graph token ids {'equal' if same else 'DIFFER FROM'} eager decoding's", flush=True)
     best, tokens = {}, {}
     for r in range(args.rounds):
         for name, fn in configs.items():
