@@ -1,0 +1,78 @@
+"""DAS's τ sweep for any adapters on any test manifests, outside a study run: WER per set and
+pooled, each τ against the base model, in one table.
+
+    python bench/tau_sweep.py --loras adapters/music.st,adapters/weather.st,adapters/sports.st \\
+        --data real/librivox.jsonl real/cards.jsonl real/asterisk.jsonl --out runs/sweep
+
+The systems share one encoder memo on disk (bench/scorer.py), so each τ after the first
+costs only its decoding, and the scores land in OUT/scores/ as reproduce.py's eval stage
+writes them: rerun to resume, or start a second copy (OMP_NUM_THREADS=1 each) to share the
+work. The ADML options other than τ are das.py's defaults (the shipped setting).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import das  # noqa: E402
+from evaluate import read_manifest  # noqa: E402
+from report import pooled  # noqa: E402
+from scorer import Scorer  # noqa: E402
+from study_data import read_rows  # noqa: E402
+
+
+def systems(loras: list[str], taus: list[float]) -> list[tuple[str, dict, list[str]]]:
+    """(name, Scorer config, adapter files): the base first, then DAS at each τ."""
+    out = [("original", Scorer.config("base", [], 1.0), [])]
+    for tau in taus:
+        out.append((f"tau={tau:g}", Scorer.config("adml", loras, tau, das.DEFAULT_STRATEGY, das.DEFAULT_END,
+                                                   das.DEFAULT_SWITCH), loras))
+    return out
+
+
+def table(results: dict, names: list[str], sets: list[str]) -> str:
+    """Markdown: WER per set and pooled, with the pooled change against the original."""
+    base = pooled(results, "original", sets)
+    lines = ["| system | " + " | ".join(sets) + " | pooled | change |", "|---" * (len(sets) + 3) + "|"]
+    for name in names:
+        wers = [f"{results[(name, s)]['wer']:.2f}" if (name, s) in results else "-" for s in sets]
+        p = pooled(results, name, sets)
+        both = p is not None and base
+        cells = [*wers, f"{p:.2f}" if p is not None else "-", f"{100 * (p / base - 1):+.1f}%" if both else "-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--loras", required=True, help="comma-separated adapter files (.st)")
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="test manifests (.jsonl), one per set")
+    p.add_argument("--taus", default="0,0.01,0.025,0.05,0.1,1", help="comma-separated τ values")
+    p.add_argument("--out", required=True, type=Path, help="folder for scores/ and the encoder memo")
+    p.add_argument("--model", default="base")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = p.parse_args(argv)
+    loras = [f.strip() for f in args.loras.split(",") if f.strip()]
+    missing = [str(f) for f in [*loras, *args.data] if not Path(f).is_file()]
+    if missing:
+        p.error(f"no such file: {', '.join(missing)}")
+    taus = [das.tau_argument(t) for t in args.taus.split(",")]
+    sets = [d.stem if d.stem != "manifest" else d.parent.name for d in args.data]
+    scorer = Scorer(args, args.out)
+    results = {}
+    for name, config, files in systems(loras, taus):
+        for data, set_name in zip(args.data, sets):
+            out = args.out / "scores" / f"{name}__{set_name}.json"
+            scorer.score(name, config, files, read_manifest(data), set_name, out)
+            if Scorer.is_done(out, config):
+                results[(name, set_name)] = read_rows(out)[0]
+    print(table(results, [name for name, _, _ in systems(loras, taus)], sets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
