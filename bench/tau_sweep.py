@@ -5,8 +5,9 @@ pooled, each τ against the base model, in one table.
         --data real/librivox.jsonl real/cards.jsonl real/asterisk.jsonl --out runs/sweep
 
 The systems share one encoder memo on disk (bench/scorer.py), so each τ after the first
-costs only its decoding, and the scores land in OUT/scores/ as reproduce.py's eval stage
-writes them: rerun to resume, or start a second copy (OMP_NUM_THREADS=1 each) to share the
+costs only its decoding. The scores land in OUT/scores/<system>/<set>.json, as reproduce.py's
+eval stage writes them (`bench/bootstrap.py OUT/scores/original OUT/scores/tau=0.01` gives
+intervals): rerun to resume, or start a second copy (OMP_NUM_THREADS=1 each) to share the
 work. The ADML options other than τ are das.py's defaults (the shipped setting).
 """
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     results = {}
     for name, config, files in systems(loras, taus):
         for data, set_name in zip(args.data, sets):
-            out = args.out / "scores" / f"{name}__{set_name}.json"
+            out = args.out / "scores" / name / f"{set_name}.json"
             scorer.score(name, config, files, read_manifest(data), set_name, out)
             if Scorer.is_done(out, config):
                 results[(name, set_name)] = read_rows(out)[0]
