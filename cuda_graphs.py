@@ -62,6 +62,9 @@ class GraphedSteps:
         with torch.cuda.stream(side):
             self.streams.step(token_in, offset)
         torch.cuda.current_stream().wait_stream(side)
+        # Each graph gets its own memory pool (its temporaries and logits): safe whatever order
+        # the positions replay in, at a cost of a few MB per position (not measured; a pool
+        # shared by all positions would cut it).
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # records the kernels; runs nothing
             logits = self.streams.step(token_in, offset)
