@@ -24,7 +24,7 @@ the same objects run eagerly (that is how the tests check the buffer reuse).
 import torch
 from torch import Tensor
 
-from adml import BatchedStreams, check_options, multi_lora_modules, run, stack_adapters, swapped
+from adml import BatchedStreams, _audio_features, check_options, multi_lora_modules, run, stack_adapters, swapped
 from whisper_min.decoding import DecodingOptions, DecodingResult
 from whisper_min.model import Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -88,9 +88,7 @@ class GraphedDecoder:
     @torch.inference_mode()
     def __call__(self, model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
                  audio_features: Tensor | None = None) -> list[DecodingResult]:
-        if audio_features is None:
-            mel = mel[None] if mel.ndim == 2 else mel
-            audio_features = model.embed_audio(mel.to(model.device, model.decoder.token_embedding.weight.dtype))
+        audio_features = _audio_features(model, mel, audio_features)
         with swapped(model, self.modules):
             if self.steps is None or self.steps.streams.U != audio_features.shape[0]:
                 self.steps = GraphedSteps(BatchedStreams(model, self.stack.k, audio_features), self.graphs)
