@@ -9,6 +9,7 @@ cell (a model not trained or not scored yet) prints as "-". Plots need matplotli
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -89,10 +90,9 @@ def das_label(results) -> str:
     end = "" if config.get("end", "any") == "any" else f", {config['end']} ends"
     switch = "" if config.get("switch", "token") == "token" else f", switches by {config['switch']}"
     files = config.get("files", [])
-    weight = [f.split("-replay-w")[1].split("-lr")[0] for f in files if "-replay-w" in f]  # reproduce.replay_data_kind
+    replay = [m[1] for f in files if (m := re.search(r"-(replay(?:-mixed)?(?:-w[^-]+)?)-lr", f))]
     data = (", adapters on statements too" if any("-stmt-" in f for f in files)
-            else f", adapters with replay at weight {weight[0]}" if weight
-            else ", adapters with replay" if any("-replay-" in f for f in files) else "")
+            else ", adapters " + trained_on(replay[0]).removeprefix("requests ") if replay else "")
     return f"DAS (τ = {config['tau']:g}{reading}{end}{switch}{data})"
 
 
@@ -204,9 +204,14 @@ def tune_section(run: Path) -> str:
 
 
 def trained_on(data: str) -> str:
-    """A tune step 4 candidate's training text (tune.DATA, or "replay-w<weight>"), in words."""
-    words = {"requests": "requests alone", "statements": "requests and statements", "replay": "requests with replay"}
-    return words.get(data) or f"requests with replay at weight {data.removeprefix('replay-w')}"
+    """A tune step 4 candidate's training text (tune.DATA, or reproduce.replay_data_kind's
+    "replay[-mixed][-w<weight>]"), in words."""
+    words = {"requests": "requests alone", "statements": "requests and statements"}
+    if data in words:
+        return words[data]
+    mixed, weight = re.fullmatch(r"replay(-mixed)?(?:-w(.+))?", data).groups()
+    return ("requests with replay" + (" of fortunes and messages" if mixed else "")
+            + (f" at weight {weight}" if weight else ""))
 
 
 def tune_table(candidates: list[dict], original: dict, keys: list[str], header: list[str]) -> str:

@@ -26,8 +26,9 @@ at most the item or model in progress (generation and training resume inside tha
             --statements-lrs, each domain's LoRA is also trained on its training split plus
             the in-domain statements datagen rejected (bench/statements.py, no LLM needed);
             with --replay-lrs, also with `train --replay` on out-of-domain sentences
-            (bench/replay_data.py: the fortunes package, TTS only), which holds it near the
-            base model outside its domain (replay.py), at each of --replay-weights.
+            (bench/replay_data.py: the fortunes package, TTS only; --replay-texts mixed: half
+            of them programs' messages), which holds it near the base model outside its
+            domain (replay.py), at each of --replay-weights.
   tune      DAS's adapters, reading of Eq. (3), τ, end and switch rules, chosen by decoding
             in-domain and out-of-domain validation speech (bench/tune.py has the candidates
             and the rule). With --tune-from OTHER_RUN it decodes nothing and takes the settings
@@ -81,15 +82,17 @@ def train_runs(args) -> list[dict]:
                  for d in DOMAINS]
     for lr in args.replay_lrs:  # the forgetting experiment (replay.py), at each replay weight
         for w in getattr(args, "replay_weights", [1.0]):
-            runs += [{"name": f"lora-{d}-{replay_data_kind(w)}-lr{lr:g}", "method": "lora", "data": [d], "lr": lr,
+            kind = replay_data_kind(w, getattr(args, "replay_texts", "fortunes"))
+            runs += [{"name": f"lora-{d}-{kind}-lr{lr:g}", "method": "lora", "data": [d], "lr": lr,
                       "replay": w} for d in DOMAINS]
     return runs
 
 
-def replay_data_kind(weight: float) -> str:
-    """How adapters trained with replay at `weight` are named (and called in tune.py):
-    "replay" at weight 1 (their name from before the weight grid), else "replay-w<weight>"."""
-    return "replay" if weight == 1 else f"replay-w{weight:g}"
+def replay_data_kind(weight: float, texts: str = "fortunes") -> str:
+    """How adapters trained with replay at `weight` on `texts` are named (and called in
+    tune.py): "replay" at weight 1 on fortunes (their name from before the weight grid and
+    the mixed texts), "replay-w<weight>" at another weight, "replay-mixed[-w<weight>]"."""
+    return "replay" + ("" if texts == "fortunes" else f"-{texts}") + ("" if weight == 1 else f"-w{weight:g}")
 
 
 def chosen_lr(run: Path, prefix: str) -> tuple[float, str] | None:
@@ -136,7 +139,8 @@ def stage_train(args, run: Path) -> None:
         if spec.get("replay"):
             import replay_data
 
-            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT)),
+            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT, getattr(args, "replay_texts",
+                                                                                         "fortunes"))),
                       "--replay-weight", f"{spec['replay']:g}"]
         val = (run / "data" / "train" / spec["data"][0] / "val.jsonl" if len(spec["data"]) == 1
                else run / "data" / "train" / "val_multi.jsonl")
@@ -255,6 +259,8 @@ def main() -> int:
     p.add_argument("--replay-lrs", default="", help="also train each domain's LoRA at these rates with `train "
                    "--replay` (replay.py, bench/replay_data.py; the tune stage weighs them)")
     p.add_argument("--replay-weights", default="1", help="with --replay-lrs: train at each of these `--replay-weight`s")
+    p.add_argument("--replay-texts", default="fortunes", choices=("fortunes", "mixed"),
+                   help="with --replay-lrs: replay fortunes, or half fortunes and half programs' messages")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
     p.add_argument("--tune-from", default=None, type=Path, help="tune: take DAS's settings from this other run's "
                    "tune.json instead of decoding validation speech (report.md says so)")

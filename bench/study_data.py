@@ -82,6 +82,7 @@ def claim(lock: Path) -> bool:
     os.close(fd)
     return True
 
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 

@@ -53,7 +53,8 @@ READINGS = ("das", "max-only")
 ENDS = ("any", "base")  # adml_select.ENDS; not imported, so that this module loads without torch
 SWITCHES = ("token", "word")  # adml_select.SWITCHES, likewise
 # How the adapters trained: datagen's requests alone, plus statements, or with replay (train --replay);
-# "replay-w<weight>" is replay at another --replay-weight than 1 (reproduce.replay_data_kind).
+# "replay-w<weight>" is replay at another --replay-weight than 1, "replay-mixed" replay of fortunes and
+# programs' messages (reproduce.replay_data_kind).
 DATA = ("requests", "statements", "replay")
 SUFFIX = {"requests": "", "statements": "stmt"}  # in model names and labels; any other kind is its own
 MAX_OOD_RISE = 0.02
@@ -236,7 +237,8 @@ def stage_tune(args, run: Path) -> None:
 
     # Step 4's other adapters. Statements count only at step 3's rate, as before replay came.
     trained = [("statements", lr) for lr in getattr(args, "statements_lrs", []) if lr == choice["lr"]]
-    trained += [(replay_data_kind(w), lr) for lr in getattr(args, "replay_lrs", [])
+    texts = getattr(args, "replay_texts", "fortunes")
+    trained += [(replay_data_kind(w, texts), lr) for lr in getattr(args, "replay_lrs", [])
                 for w in getattr(args, "replay_weights", [1.0])]
     if trained and choice["lr"] is not None and "switch_candidates" in result:  # step 4
         for data, lr in trained:

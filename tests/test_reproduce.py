@@ -225,6 +225,56 @@ def test_replay_texts_take_the_categories_in_turn_and_leave_out_the_validation_f
         replay_data.replay_texts(1, tmp_path)
 
 
+def write_mo(path: Path, originals: list[str], order: str = "<") -> None:
+    """A GNU .mo catalog (every original translated as itself): header, two tables, strings."""
+    import struct
+
+    strings = [o.encode() for o in sorted(originals)]
+    n, start = len(strings), 28 + 16 * len(strings)
+    table, blob = [], b""
+    for s in strings:
+        table.append(struct.pack(order + "II", len(s), start + len(blob)))
+        blob += s + b"\0"
+    header = struct.pack(order + "IIIIIII", 0x950412DE, 0, n, 28, 28 + 8 * n, 0, 0)
+    path.write_bytes(header + b"".join(table) * 2 + blob)
+
+
+def test_message_texts_read_catalogs_in_turn_and_keep_only_speakable_sentences(tmp_path):
+    import replay_data
+
+    catalogs = list(replay_data.MESSAGE_CATALOGS)
+    for name in catalogs:
+        write_mo(tmp_path / f"{name}.mo", [])
+    write_mo(tmp_path / "git.mo", ["", "There is no tracking information for the current branch.",
+                                   "Could not read %s.", "Use --force to override this check.",
+                                   "See push.default in the manual.", "Too short.", "Print FILE to standard output.",
+                                   "Not ending in a stop", "Your branch is up to date with the remote."])
+    write_mo(tmp_path / "apt.mo", ["Do you want to continue?", "Do you want to continue?\0Plural form"], ">")
+    assert replay_data.msgids(tmp_path / "apt.mo") == ["Do you want to continue?", "Do you want to continue?"]
+    texts = replay_data.message_texts(3, tmp_path)
+    assert len(texts) == 3 and texts[1] == "Do you want to continue?"  # git, apt, git: in turn, no repeat
+    assert set(texts) - {texts[1]} <= {"There is no tracking information for the current branch.",
+                                       "Your branch is up to date with the remote."}
+    with pytest.raises(SystemExit, match="only 3 usable texts"):
+        replay_data.message_texts(4, tmp_path)
+    (tmp_path / "Linux-PAM.mo").unlink()
+    with pytest.raises(SystemExit, match="apt install libpam-runtime"):
+        replay_data.message_texts(1, tmp_path)
+    (tmp_path / "bad.mo").write_bytes(b"\0" * 28)
+    with pytest.raises(SystemExit, match="not a gettext"):
+        replay_data.msgids(tmp_path / "bad.mo")
+
+
+def test_mixed_replay_texts_alternate_fortunes_and_messages(monkeypatch):
+    import replay_data
+
+    monkeypatch.setattr(replay_data, "replay_texts", lambda count: [f"fortune {i}" for i in range(count)])
+    monkeypatch.setattr(replay_data, "message_texts", lambda count: [f"message {i}" for i in range(count)])
+    assert replay_data.texts_for("mixed", 5) == ["fortune 0", "message 0", "fortune 1", "message 1", "fortune 2"]
+    assert replay_data.texts_for("mixed", 4) == ["fortune 0", "message 0", "fortune 1", "message 1"]
+    assert replay_data.texts_for("fortunes", 2) == ["fortune 0", "fortune 1"]
+
+
 def test_generate_spreads_its_jobs_over_two_one_thread_llm_servers(tmp_path, monkeypatch):
     loads = [1500, 200, 1500, 200, 1500, 200, 150]
     choice = study_data.balance(loads, 2)
@@ -296,7 +346,7 @@ def test_two_processes_share_the_train_stage(tmp_path, monkeypatch):
         assert (run / "models" / (trained[-1][: -len(".st")] + ".lock")).read_text() == str(os.getpid())
 
     monkeypatch.setattr(reproduce, "run_logged", fake_train)
-    monkeypatch.setattr(replay_data, "speak", lambda run, count: run / "data" / "replay" / "manifest.jsonl")
+    monkeypatch.setattr(replay_data, "speak", lambda run, count, texts: run / "data" / "replay" / "manifest.jsonl")
     monkeypatch.setattr(reproduce.lora, "read_header", lambda path: {"__metadata__": {
         "val_loss": "0.25", "steps": "56", "total_steps": "86"}})
     args = types.SimpleNamespace(lora_lrs=[], ft_lrs=[1e-5], statements_lrs=[], replay_lrs=[3e-4], replay_weights=[1.0],

@@ -175,6 +175,15 @@ def test_replay_weights_name_their_adapters_and_step_four_weighs_each(tmp_path):
     results = {("DAS", "music"): {"config": {"tau": 0.01, "strategy": "max-only", "files": [str(f) for f in das[2]]}}}
     assert report.das_label(results) == "DAS (τ = 0.01, max-only, adapters with replay at weight 3)"
 
+    # Replay of fortunes and programs' messages (reproduce.py --replay-texts mixed): its own names.
+    args.replay_texts = "mixed"
+    assert [r["name"] for r in reproduce.train_runs(args) if r.get("replay")][2:4] == [
+        "lora-sports-replay-mixed-lr0.0003", "lora-music-replay-mixed-w3-lr0.0003"]
+    assert report.trained_on("replay-mixed") == "requests with replay of fortunes and messages"
+    assert report.trained_on("replay-mixed-w3") == "requests with replay of fortunes and messages at weight 3"
+    results["DAS", "music"]["config"]["files"] = [f"lora-{d}-replay-mixed-lr0.0003.st" for d in study_data.DOMAINS]
+    assert report.das_label(results) == "DAS (τ = 0.01, max-only, adapters with replay of fortunes and messages)"
+
 
 def test_tune_from_another_run_carries_its_choice_over_and_says_so(tmp_path):
     import types
