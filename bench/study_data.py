@@ -97,16 +97,6 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 # ---------------------------------------------------------------- data
 
 
-def balance(loads: list[int], servers: int) -> list[int]:
-    """A server for each job, so that the servers' summed loads come out even: the largest
-    job first, each to the least loaded server so far."""
-    totals, choice = [0] * servers, [0] * len(loads)
-    for i in sorted(range(len(loads)), key=lambda i: -loads[i]):
-        choice[i] = totals.index(min(totals))
-        totals[choice[i]] += loads[i]
-    return choice
-
-
 def llm_server_up(env: dict) -> bool:
     """Whether bench/llm_server.sh already has a server answering on env's PORT."""
     return subprocess.run(["bash", "bench/llm_server.sh", "status"], cwd=ROOT, env=env,
@@ -115,7 +105,7 @@ def llm_server_up(env: dict) -> bool:
 
 def stage_generate(args, run: Path) -> None:
     port = int(os.environ.get("PORT", "8012"))
-    jobs = []  # (command without --llm-url, log file, items still to make)
+    jobs = []  # (command without --llm-url, log file)
     for d in DOMAINS:
         for split, count, voices, seed, workers in (("train", args.train_per_domain, TRAIN_VOICES, 0, 2),
                                                     ("test_raw", args.test_per_domain, TEST_VOICES, 1000, 1)):
@@ -125,14 +115,14 @@ def stage_generate(args, run: Path) -> None:
                 continue
             cmd = [sys.executable, "das.py", "generate", "--domain", d, "--count", str(count), "--out", str(out),
                    "--tts", voices, "--workers", str(workers), "--seed", str(seed), "--progress-every", "60"]
-            jobs.append((cmd, run / "logs" / f"generate_{split}_{d}.log", count - have))
+            jobs.append((cmd, run / "logs" / f"generate_{split}_{d}.log"))
     out = run / "data" / "val_ood" / OOD_VAL  # the tune stage's out-of-domain validation set
     have = len(read_rows(out / "manifest.jsonl"))
     if have < args.ood_val_count:
         cmd = [sys.executable, "das.py", "generate", "--domain", str(OOD_VAL_DOMAIN), "--count",
                str(args.ood_val_count), "--out", str(out), "--tts", OOD_VAL_VOICES,
                "--workers", "1", "--seed", "2000", "--progress-every", "60"]
-        jobs.append((cmd, run / "logs" / f"generate_val_ood_{OOD_VAL}.log", args.ood_val_count - have))
+        jobs.append((cmd, run / "logs" / f"generate_val_ood_{OOD_VAL}.log"))
     speak_fortunes(args, run)
     urls = [args.llm_url] if args.llm_url else \
         [f"http://127.0.0.1:{port + i}/v1" for i in range(min(LLM_SERVERS, len(jobs)))]
@@ -144,10 +134,9 @@ def stage_generate(args, run: Path) -> None:
                 if not llm_server_up(env):
                     ours.append(env)
                 run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / f"llm_server_{port + i}.log", env)
-        servers = balance([left for _, _, left in jobs], len(urls))
-        # All runs at once keep the LLM servers busy while the others speak their texts.
-        procs = [(start_logged([*cmd, "--llm-url", urls[s]], logfile), logfile)
-                 for (cmd, logfile, _), s in zip(jobs, servers)]
+        # All runs at once, each sending every request to the least busy server: the servers
+        # stay busy while some runs speak their texts, and until the last run is done.
+        procs = [(start_logged([*cmd, "--llm-url", ",".join(urls)], logfile), logfile) for cmd, logfile in jobs]
         failed = [str(lf) for p, lf in procs if p.wait() != 0]
     finally:  # also after a failure or Ctrl-C, so that no idle server keeps its port and memory
         for env in ours:

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", required=True, help="shipped domain (music, weather, sports) or path to a JSON domain spec")
     parser.add_argument("--count", type=int, default=100, help="number of utterances the manifest must hold at the end")
     parser.add_argument("--out", default=None, help="output folder (default: data/<domain>); rerun the same command to resume")
-    parser.add_argument("--llm-url", default="http://127.0.0.1:8080/v1", help="OpenAI-compatible server base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--llm-url", default="http://127.0.0.1:8080/v1", help="OpenAI-compatible server base URL, e.g. http://127.0.0.1:8000/v1; several servers of one model comma-separated (each request to the least busy)")
     parser.add_argument("--llm-model", default="default", help="model name sent in each chat-completions request")
     parser.add_argument("--llm-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (unset: no key sent)")
     parser.add_argument("--llm-timeout", type=float, default=120.0, help="seconds one LLM request may take before it is retried")

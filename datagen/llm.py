@@ -2,6 +2,9 @@
 
 Works with llama.cpp / llama-cpp-python, vLLM, Ollama (`http://host:11434/v1`)
 and hosted APIs alike, since all of them speak `POST /v1/chat/completions`.
+Several servers of one model may be given, comma-separated: each request goes to
+the one with the fewest requests in flight, so no server idles while another has a
+queue (one-thread llama.cpp servers answer one request at a time).
 
 A transport failure is retried (see `datagen.net`); an answer that arrives but
 is useless (not JSON, no choices, empty, a refusal) is counted and returned as
@@ -39,7 +42,11 @@ class ChatClient:
 
     def __init__(self, url: str, model: str, key_env: str | None = None,
                  policy: RetryPolicy = RetryPolicy()):
-        self.url = chat_url(url)
+        self.urls = [chat_url(u.strip()) for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError("no LLM server URL given")
+        self._in_flight = [0] * len(self.urls)
+        self._sent = [0] * len(self.urls)  # ties go to the server sent fewest: turn about
         self.model = model
         self.policy = policy
         key = os.environ.get(key_env, "") if key_env else ""
@@ -51,6 +58,13 @@ class ChatClient:
     def count(self, what: str) -> None:
         with self._lock:
             self.stats[what] += 1
+
+    def _pick(self) -> int:
+        with self._lock:
+            i = min(range(len(self.urls)), key=lambda i: (self._in_flight[i], self._sent[i]))
+            self._in_flight[i] += 1
+            self._sent[i] += 1
+            return i
 
     def chat(self, messages: list[dict], temperature: float = 0.9,
              max_tokens: int = 512, seed: int | None = None) -> str | None:
@@ -64,9 +78,14 @@ class ChatClient:
         if seed is not None:
             payload["seed"] = seed  # varies the sample per job on servers that honour it
         self.count("requests")
-        raw = post(self.url, payload, self._headers, self.policy,
-                   on_retry=lambda reason: self.count("retries"),
-                   rng=random.Random(seed))
+        server = self._pick()
+        try:
+            raw = post(self.urls[server], payload, self._headers, self.policy,
+                       on_retry=lambda reason: self.count("retries"),
+                       rng=random.Random(seed))
+        finally:
+            with self._lock:
+                self._in_flight[server] -= 1
         try:
             answer = json.loads(raw)
             choice = answer["choices"][0]

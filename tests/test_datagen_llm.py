@@ -38,6 +38,33 @@ def test_useless_answer_is_counted_and_skipped(fault, counter):
         server.close()
 
 
+def test_several_servers_take_turns_and_a_busy_one_is_passed_over():
+    import threading
+
+    slow, fast = FakeLLM(lambda i: "slow", slow_seconds=2.0), FakeLLM(lambda i: "ok")
+    try:
+        client = ChatClient(f"{slow.url}, {fast.url}/chat/completions", "m", policy=RetryPolicy(timeout=10))
+        slow.slow_seconds = 0.01
+        for _ in range(4):  # one at a time: nothing in flight, so they take turns
+            assert client.chat(MESSAGES)
+        assert slow.requests == fast.requests == 2
+        slow.slow_seconds = 2.0
+        held = threading.Thread(target=client.chat, args=(MESSAGES,))
+        held.start()  # the turn is the slow server's, and it keeps this request for 2 s
+        while slow.requests < 3:
+            time.sleep(0.01)
+        for _ in range(3):  # meanwhile every request finds it busy and goes to the other
+            assert client.chat(MESSAGES)
+        assert fast.requests == 5
+        held.join()
+        assert slow.requests == 3 and client.stats["ok"] == 8
+    finally:
+        slow.close()
+        fast.close()
+    with pytest.raises(ValueError, match="no LLM server"):
+        ChatClient(" , ", "m")
+
+
 def test_gives_up_after_bounded_retries():
     server = FakeLLM(lambda i: "500")
     try:
