@@ -8,7 +8,9 @@ The systems share one encoder memo on disk (bench/scorer.py), so each τ after t
 costs only its decoding. The scores land in OUT/scores/<system>/<set>.json, as reproduce.py's
 eval stage writes them (`bench/bootstrap.py OUT/scores/original OUT/scores/tau=0.01` gives
 intervals): rerun to resume, or start a second copy (OMP_NUM_THREADS=1 each) to share the
-work. The ADML options other than τ are das.py's defaults (the shipped setting).
+work. The ADML options other than τ are das.py's defaults (the shipped setting). `--label`
+names the adapters (systems "LABEL tau=0.01"), so that several sets of adapters share one OUT,
+its encoder memo and the original's scores.
 """
 
 import argparse
@@ -25,11 +27,11 @@ from scorer import Scorer  # noqa: E402
 from study_data import read_rows  # noqa: E402
 
 
-def systems(loras: list[str], taus: list[float]) -> list[tuple[str, dict, list[str]]]:
+def systems(loras: list[str], taus: list[float], label: str = "") -> list[tuple[str, dict, list[str]]]:
     """(name, Scorer config, adapter files): the base first, then DAS at each τ."""
     out = [("original", Scorer.config("base", [], 1.0), [])]
     for tau in taus:
-        out.append((f"tau={tau:g}", Scorer.config("adml", loras, tau, das.DEFAULT_STRATEGY, das.DEFAULT_END,
+        out.append((f"{label} tau={tau:g}".strip(), Scorer.config("adml", loras, tau, das.DEFAULT_STRATEGY, das.DEFAULT_END,
                                                    das.DEFAULT_SWITCH), loras))
     return out
 
@@ -53,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", nargs="+", required=True, type=Path, help="test manifests (.jsonl), one per set")
     p.add_argument("--taus", default="0,0.01,0.025,0.05,0.1,1", help="comma-separated τ values")
     p.add_argument("--out", required=True, type=Path, help="folder for scores/ and the encoder memo")
+    p.add_argument("--label", default="", help="a name for these adapters, before each DAS system's τ")
     p.add_argument("--model", default="base")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -65,13 +68,13 @@ def main(argv=None) -> int:
     sets = [d.stem if d.stem != "manifest" else d.parent.name for d in args.data]
     scorer = Scorer(args, args.out)
     results = {}
-    for name, config, files in systems(loras, taus):
+    for name, config, files in systems(loras, taus, args.label):
         for data, set_name in zip(args.data, sets):
             out = args.out / "scores" / name / f"{set_name}.json"
             scorer.score(name, config, files, read_manifest(data), set_name, out)
             if Scorer.is_done(out, config):
                 results[(name, set_name)] = read_rows(out)[0]
-    print(table(results, [name for name, _, _ in systems(loras, taus)], sets))
+    print(table(results, [name for name, _, _ in systems(loras, taus, args.label)], sets))
     return 0
 
 

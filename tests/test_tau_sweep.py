@@ -17,6 +17,8 @@ def test_the_base_then_das_at_each_tau_with_the_shipped_options():
     config = systems[2][1]
     assert (config["kind"], config["files"], config["tau"], config["strategy"], config["end"]) == \
         ("adml", ["m.st", "w.st"], 0.01, "max-only", "base")
+    labelled = tau_sweep.systems(["m.st"], [0.01], "mixed")
+    assert [name for name, _, _ in labelled] == ["original", "mixed tau=0.01"]  # one OUT for several adapter sets
 
 
 def test_table_pools_edits_over_the_sets():
