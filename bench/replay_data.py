@@ -74,8 +74,8 @@ def msgids(path: Path) -> list[str]:
 def message_texts(count: int, folder: Path = LOCALE) -> list[str]:
     """`count` program messages that read as one spoken sentence (a capital first, a full stop
     or question mark last, 4 to 25 words, letters and punctuation only: no "%s", no options,
-    dotted names or placeholders in capitals), the catalogs taken in turn, each in a fixed pseudo-random order (a catalog is
-    sorted alphabetically, which would give every "A..." message first)."""
+    dotted names or placeholders in capitals), the catalogs taken in turn, each in a fixed
+    pseudo-random order (a catalog is sorted, which would give every "A..." message first)."""
     missing = [pkg for name, pkg in MESSAGE_CATALOGS.items() if not (folder / f"{name}.mo").is_file()]
     if missing:
         raise SystemExit(f"{folder}: catalogs missing (apt install {' '.join(missing)})")

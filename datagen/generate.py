@@ -230,13 +230,17 @@ def main(args) -> int:
     out = Path(args.out or Path("data") / spec.name)
     policy = RetryPolicy(timeout=args.llm_timeout, retries=args.retries, backoff=args.backoff)
     try:
+        llm = ChatClient(args.llm_url, args.llm_model, args.llm_key_env, policy)
+    except ValueError as err:
+        print(f"error: --llm-url: {err}", file=sys.stderr)
+        return 2
+    try:
         voices = parse_voices(args.tts, args.tts_url, args.tts_model,
                               os.environ.get(args.tts_key_env, ""), policy)
         store = Store(out, args.count, spec.name, args.format)
     except (TTSError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    llm = ChatClient(args.llm_url, args.llm_model, args.llm_key_env, policy)
     if store.resumed:
         print(f"resuming {store.manifest}: {store.resumed} items already there", file=sys.stderr)
     gen = Generator(spec, store, llm, voices, args)

@@ -83,6 +83,8 @@ def test_unknown_domain_and_engine_are_clear_errors(tmp_path, capsys):
     assert "shipped domains" in capsys.readouterr().err
     assert generate.main(parse(["--domain", "music", "--out", str(tmp_path), "--tts", "nope:x"])) == 1
     assert "unknown TTS engine" in capsys.readouterr().err
+    assert generate.main(parse(["--domain", "music", "--out", str(tmp_path / "x"), "--llm-url", " , "])) == 2
+    assert "--llm-url: no LLM server URL given" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_custom_domain_spec_path(tmp_path):
