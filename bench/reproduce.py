@@ -139,8 +139,8 @@ def stage_train(args, run: Path) -> None:
         if spec.get("replay"):
             import replay_data
 
-            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT, getattr(args, "replay_texts",
-                                                                                         "fortunes"))),
+            texts = getattr(args, "replay_texts", "fortunes")
+            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT, texts)),
                       "--replay-weight", f"{spec['replay']:g}"]
         val = (run / "data" / "train" / spec["data"][0] / "val.jsonl" if len(spec["data"]) == 1
                else run / "data" / "train" / "val_multi.jsonl")
