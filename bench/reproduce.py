@@ -50,6 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lora  # noqa: E402
+import replay_data  # noqa: E402
 from scorer import Scorer  # noqa: E402
 from study_data import (DOMAINS, OOD_SETS, claim, log, read_rows, run_logged, stage_generate,  # noqa: E402
                         stage_ood, stage_split)
@@ -82,9 +83,9 @@ def train_runs(args) -> list[dict]:
                  for d in DOMAINS]
     for lr in args.replay_lrs:  # the forgetting experiment (replay.py), at each replay weight
         for w in getattr(args, "replay_weights", [1.0]):
-            kind = replay_data_kind(w, getattr(args, "replay_texts", "fortunes"))
-            runs += [{"name": f"lora-{d}-{kind}-lr{lr:g}", "method": "lora", "data": [d], "lr": lr,
-                      "replay": w} for d in DOMAINS]
+            texts = getattr(args, "replay_texts", "fortunes")
+            runs += [{"name": f"lora-{d}-{replay_data_kind(w, texts)}-lr{lr:g}", "method": "lora", "data": [d],
+                      "lr": lr, "replay": w, "replay_texts": texts} for d in DOMAINS]
     return runs
 
 
@@ -137,10 +138,7 @@ def stage_train(args, run: Path) -> None:
             data += [str(statements.speak(run, d)) for d in spec["data"]]
         replay = []
         if spec.get("replay"):
-            import replay_data
-
-            texts = getattr(args, "replay_texts", "fortunes")
-            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT, texts)),
+            replay = ["--replay", str(replay_data.speak(run, replay_data.COUNT, spec["replay_texts"])),
                       "--replay-weight", f"{spec['replay']:g}"]
         val = (run / "data" / "train" / spec["data"][0] / "val.jsonl" if len(spec["data"]) == 1
                else run / "data" / "train" / "val_multi.jsonl")
@@ -259,7 +257,7 @@ def main() -> int:
     p.add_argument("--replay-lrs", default="", help="also train each domain's LoRA at these rates with `train "
                    "--replay` (replay.py, bench/replay_data.py; the tune stage weighs them)")
     p.add_argument("--replay-weights", default="1", help="with --replay-lrs: train at each of these `--replay-weight`s")
-    p.add_argument("--replay-texts", default="fortunes", choices=("fortunes", "mixed"),
+    p.add_argument("--replay-texts", default="fortunes", choices=replay_data.TEXTS,
                    help="with --replay-lrs: replay fortunes, or half fortunes and half programs' messages")
     p.add_argument("--methods", default="lora,ft,ft-last3,ft-enc-dec", help="which training methods to run")
     p.add_argument("--tune-from", default=None, type=Path, help="tune: take DAS's settings from this other run's "

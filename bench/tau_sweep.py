@@ -31,8 +31,8 @@ def systems(loras: list[str], taus: list[float], label: str = "") -> list[tuple[
     """(name, Scorer config, adapter files): the base first, then DAS at each τ."""
     out = [("original", Scorer.config("base", [], 1.0), [])]
     for tau in taus:
-        out.append((f"{label} tau={tau:g}".strip(), Scorer.config("adml", loras, tau, das.DEFAULT_STRATEGY, das.DEFAULT_END,
-                                                   das.DEFAULT_SWITCH), loras))
+        config = Scorer.config("adml", loras, tau, das.DEFAULT_STRATEGY, das.DEFAULT_END, das.DEFAULT_SWITCH)
+        out.append((f"{label} tau={tau:g}".strip(), config, loras))
     return out
 
 

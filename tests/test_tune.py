@@ -179,6 +179,7 @@ def test_replay_weights_name_their_adapters_and_step_four_weighs_each(tmp_path):
     args.replay_texts = "mixed"
     assert [r["name"] for r in reproduce.train_runs(args) if r.get("replay")][2:4] == [
         "lora-sports-replay-mixed-lr0.0003", "lora-music-replay-mixed-w3-lr0.0003"]
+    assert {r["replay_texts"] for r in reproduce.train_runs(args) if r.get("replay")} == {"mixed"}  # what is spoken
     assert report.trained_on("replay-mixed") == "requests with replay of fortunes and messages"
     assert report.trained_on("replay-mixed-w3") == "requests with replay of fortunes and messages at weight 3"
     results["DAS", "music"]["config"]["files"] = [f"lora-{d}-replay-mixed-lr0.0003.st" for d in study_data.DOMAINS]
