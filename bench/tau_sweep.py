@@ -10,7 +10,9 @@ eval stage writes them (`bench/bootstrap.py OUT/scores/original OUT/scores/tau=0
 intervals): rerun to resume, or start a second copy (OMP_NUM_THREADS=1 each) to share the
 work. The ADML options other than τ are das.py's defaults (the shipped setting). `--label`
 names the adapters (systems "LABEL tau=0.01"), so that several sets of adapters share one OUT,
-its encoder memo and the original's scores.
+its encoder memo and the original's scores. `--plain NAME=FILE` adds one adapter decoded
+alone (merged into the base, as das.py does with one file), such as LoRA-ft-Multi, to compare
+with DAS on the same sets; `--loras` may then be left out.
 """
 
 import argparse
@@ -27,10 +29,13 @@ from scorer import Scorer  # noqa: E402
 from study_data import read_rows  # noqa: E402
 
 
-def systems(loras: list[str], taus: list[float], label: str = "") -> list[tuple[str, dict, list[str]]]:
-    """(name, Scorer config, adapter files): the base first, then DAS at each τ."""
+def systems(loras: list[str], taus: list[float], label: str = "",
+            plain: dict[str, str] | None = None) -> list[tuple[str, dict, list[str]]]:
+    """(name, Scorer config, adapter files): the base first, then each plain adapter (name:
+    file; reproduce.py's config for its single models), then DAS at each τ."""
     out = [("original", Scorer.config("base", [], 1.0), [])]
-    for tau in taus:
+    out += [(name, Scorer.config("lora", [file], 0.0), [file]) for name, file in (plain or {}).items()]
+    for tau in taus if loras else []:
         config = Scorer.config("adml", loras, tau, das.DEFAULT_STRATEGY, das.DEFAULT_END, das.DEFAULT_SWITCH)
         out.append((f"{label} tau={tau:g}".strip(), config, loras))
     return out
@@ -49,9 +54,19 @@ def table(results: dict, names: list[str], sets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def name_and_file(text: str) -> tuple[str, str]:
+    """--plain's NAME=FILE as (name, file)."""
+    name, _, file = text.partition("=")
+    if not name.strip() or not file.strip():
+        raise argparse.ArgumentTypeError(f"NAME=FILE, not {text!r}")
+    return name.strip(), file.strip()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--loras", required=True, help="comma-separated adapter files (.st)")
+    p.add_argument("--loras", default="", help="comma-separated adapter files (.st) for DAS")
+    p.add_argument("--plain", action="append", default=[], type=name_and_file, metavar="NAME=FILE",
+                   help="also score this adapter alone, merged (e.g. lora-multi=runs/x/lora-multi.st); repeatable")
     p.add_argument("--data", nargs="+", required=True, type=Path, help="test manifests (.jsonl), one per set")
     p.add_argument("--taus", default="0,0.01,0.025,0.05,0.1,1", help="comma-separated τ values")
     p.add_argument("--out", required=True, type=Path, help="folder for scores/ and the encoder memo")
@@ -61,20 +76,24 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
     loras = [f.strip() for f in args.loras.split(",") if f.strip()]
-    missing = [str(f) for f in [*loras, *args.data] if not Path(f).is_file()]
+    plain = dict(args.plain)
+    if not loras and not plain:
+        p.error("nothing to score against the original: give --loras, --plain or both")
+    missing = [str(f) for f in [*loras, *plain.values(), *args.data] if not Path(f).is_file()]
     if missing:
         p.error(f"no such file: {', '.join(missing)}")
     taus = [das.tau_argument(t) for t in args.taus.split(",")]
     sets = [d.stem if d.stem != "manifest" else d.parent.name for d in args.data]
     scorer = Scorer(args, args.out)
     results = {}
-    for name, config, files in systems(loras, taus, args.label):
+    todo = systems(loras, taus, args.label, plain)
+    for name, config, files in todo:
         for data, set_name in zip(args.data, sets):
             out = args.out / "scores" / name / f"{set_name}.json"
             scorer.score(name, config, files, read_manifest(data), set_name, out)
             if Scorer.is_done(out, config):
                 results[(name, set_name)] = read_rows(out)[0]
-    print(table(results, [name for name, _, _ in systems(loras, taus, args.label)], sets))
+    print(table(results, [name for name, _, _ in todo], sets))
     return 0
 
 

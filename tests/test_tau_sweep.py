@@ -41,3 +41,31 @@ def test_a_missing_file_is_named(tmp_path, capsys):
                         "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert "no such file" in err and "gone.st" in err and "x.jsonl" in err
+
+
+def test_plain_adapters_come_after_the_base_with_reproduces_config():
+    systems = tau_sweep.systems(["m.st", "w.st"], [0.01], "das", {"lora-multi": "runs/x/multi.st"})
+    assert [name for name, _, _ in systems] == ["original", "lora-multi", "das tau=0.01"]
+    assert systems[1][1] == {"kind": "lora", "files": ["multi.st"], "tau": 0.0, "strategy": "das"}
+    assert systems[1][2] == ["runs/x/multi.st"]  # one file: das.py decodes it merged, not with ADML
+    alone = tau_sweep.systems([], [0.01], "", {"lora-multi": "multi.st"})
+    assert [name for name, _, _ in alone] == ["original", "lora-multi"]  # no DAS without --loras
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--plain", "multi.st"], "NAME=FILE"),
+    (["--plain", "=multi.st"], "NAME=FILE"),
+    ([], "give --loras, --plain or both"),
+])
+def test_bad_plain_or_nothing_to_score_is_an_error(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        tau_sweep.main([*argv, "--data", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_plain_adapter_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tau_sweep.main(["--plain", f"multi={tmp_path / 'multi.st'}", "--data", str(tmp_path / "x.jsonl"),
+                        "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "no such file" in err and "multi.st" in err
