@@ -432,6 +432,11 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
     if stack.k == 1 and single == "lora":
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             return decode_merged(model, mel, tokenizer, options, audio_features, stack)
+    elif strategy == "route":  # whole transcripts, one stream each (end, switch and guard are token rules)
+        from adml_route import decode_routed  # only here: it builds on this module
+
+        def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
+            return decode_routed(model, mel, tokenizer, options, audio_features, stack, tau)
     elif cuda_graphs and model.device.type == "cuda":
         from cuda_graphs import GraphedDecoder  # only here: it builds on this module
 

@@ -9,7 +9,7 @@ Shapes: S streams (stream 0 is the base model, 1..k the adapters), U utterances.
 import torch
 from torch import Tensor
 
-STRATEGIES = ("das", "max-only", "base", "most-confident", "majority")
+STRATEGIES = ("das", "max-only", "base", "most-confident", "majority", "route")  # route: adml_route.py, not `select`
 ENDS = ("any", "base")  # which streams may end the transcript (`base_ends`)
 SWITCHES = ("token", "word")  # where the transcript may change streams (`keep_word`)
 
@@ -58,6 +58,9 @@ def select(conf: Tensor, candidates: Tensor, tau: float = 0.025, strategy: str =
         key = torch.where(tied, conf, torch.full_like(conf, -1.0))
         key[0] = torch.where(tied[0], 2.0, -1.0)  # 2 > any confidence: the base wins its ties
         return key.argmax(dim=0)
+    if strategy == "route":
+        raise ValueError("strategy 'route' picks whole transcripts, not tokens: adml.make_decoder runs it "
+                         "(adml_route.decode_routed)")
     raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; not {strategy!r}")
 
 

@@ -35,7 +35,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES,
                    help="ADML token selection: max-only (default; an adapter's token when it is surer than the "
                         "base by τ, else the base's), das (Eq. (3) as written: also the least sure stream's token "
-                        "when one is less sure than the base by τ), or an ablation")
+                        "when one is less sure than the base by τ), route (one stream's whole transcript per utterance: "
+                        "an adapter's when its average log-probability beats the base's by τ; k + 1 decodes, "
+                        "adml_route.py), or an ablation")
     p.add_argument("--end", default=DEFAULT_END, choices=ENDS,
                    help="which streams may end the transcript: base (default; an adapter's end-of-text is never "
                         "taken, and the base's always is) or any (Algorithm 1 as written)")

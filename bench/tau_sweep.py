@@ -8,7 +8,7 @@ The systems share one encoder memo on disk (bench/scorer.py), so each τ after t
 costs only its decoding. The scores land in OUT/scores/<system>/<set>.json, as reproduce.py's
 eval stage writes them (`bench/bootstrap.py OUT/scores/original OUT/scores/tau=0.01` gives
 intervals): rerun to resume, or start a second copy (OMP_NUM_THREADS=1 each) to share the
-work. The ADML options other than τ are das.py's defaults (the shipped setting). `--label`
+work. The ADML options other than τ and `--strategy` are das.py's defaults (the shipped setting). `--label`
 names the adapters (systems "LABEL tau=0.01"), so that several sets of adapters share one OUT,
 its encoder memo and the original's scores. `--plain NAME=FILE` adds one adapter decoded
 alone (merged into the base, as das.py does with one file), such as LoRA-ft-Multi, to compare
@@ -29,14 +29,14 @@ from scorer import Scorer  # noqa: E402
 from study_data import read_rows  # noqa: E402
 
 
-def systems(loras: list[str], taus: list[float], label: str = "",
-            plain: dict[str, str] | None = None) -> list[tuple[str, dict, list[str]]]:
+def systems(loras: list[str], taus: list[float], label: str = "", plain: dict[str, str] | None = None,
+            strategy: str = das.DEFAULT_STRATEGY) -> list[tuple[str, dict, list[str]]]:
     """(name, Scorer config, adapter files): the base first, then each plain adapter (name:
     file; reproduce.py's config for its single models), then DAS at each τ."""
     out = [("original", Scorer.config("base", [], 1.0), [])]
     out += [(name, Scorer.config("lora", [file], 0.0), [file]) for name, file in (plain or {}).items()]
     for tau in taus if loras else []:
-        config = Scorer.config("adml", loras, tau, das.DEFAULT_STRATEGY, das.DEFAULT_END, das.DEFAULT_SWITCH)
+        config = Scorer.config("adml", loras, tau, strategy, das.DEFAULT_END, das.DEFAULT_SWITCH)
         out.append((f"{label} tau={tau:g}".strip(), config, loras))
     return out
 
@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--taus", default="0,0.01,0.025,0.05,0.1,1", help="comma-separated τ values")
     p.add_argument("--out", required=True, type=Path, help="folder for scores/ and the encoder memo")
     p.add_argument("--label", default="", help="a name for these adapters, before each DAS system's τ")
+    p.add_argument("--strategy", default=das.DEFAULT_STRATEGY, choices=das.STRATEGIES,
+                   help="DAS's selection rule (das.py's default; give --label a name that says it otherwise)")
     p.add_argument("--model", default="base")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     sets = [d.stem if d.stem != "manifest" else d.parent.name for d in args.data]
     scorer = Scorer(args, args.out)
     results = {}
-    todo = systems(loras, taus, args.label, plain)
+    todo = systems(loras, taus, args.label, plain, args.strategy)
     for name, config, files in todo:
         for data, set_name in zip(args.data, sets):
             out = args.out / "scores" / name / f"{set_name}.json"
