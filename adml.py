@@ -297,7 +297,9 @@ class BatchedStreams:
         return last, self.model.decoder.project(h[0].reshape(U * T0, -1)).view(U, T0, -1)
 
     def step(self, token: Tensor, offset: int) -> Tensor:
-        """One new token per utterance (U, 1) at `offset` -> next-token logits (S, U, V)."""
+        """One new token per utterance (U, 1) at `offset` -> next-token logits (S, U, V). With
+        k >= 1 the token may also be one per stream and utterance (S*U, 1), stream-major, for
+        streams that keep their own transcripts (adml_route.py)."""
         if not self.k:
             return self.model.decoder(token, self.cross_kv, self.cache, offset)[None, :, -1]
         return self.model.decoder.project(self._hidden(token, offset)[:, -1]).view(self.S, self.U, -1)
@@ -305,7 +307,8 @@ class BatchedStreams:
     def _hidden(self, tokens: Tensor, offset: int) -> Tensor:
         """TextDecoder.forward up to its final layer norm, for all streams: (S*U, T, D)."""
         decoder, T = self.model.decoder, tokens.shape[1]
-        x = decoder.token_embedding(tokens.repeat(self.S, 1)) + decoder.positional_embedding[offset : offset + T]
+        rows = tokens if tokens.shape[0] == self.S * self.U else tokens.repeat(self.S, 1)  # (S*U, T)
+        x = decoder.token_embedding(rows) + decoder.positional_embedding[offset : offset + T]
         for i, block in enumerate(decoder.blocks):
             x = block(x, self.cross_kv[i], self.cache.layers[i], offset)
         return decoder.ln(x)

@@ -13,17 +13,19 @@ for "lakers sports team"), and a transcript that changes streams inside a word c
 spelled by neither ("serenaen will him"). A whole transcript from one stream has neither
 problem; the question is whether the surest stream is the right one, in domain and out.
 
-This is the plain form: k + 1 greedy decodes (the base, then each adapter merged in), which
-share the encoder output but not the decoder passes, so it costs about k + 1 times the
-decoding of the base. A one-pass form would give every stream its own tokens in adml's
-batched decoder; it is not built yet.
+`decode_streams` decodes the k + 1 transcripts in one pass: adml's batched decoder
+(`BatchedStreams`, the B(AX) trick) with every stream fed its own last token, so each step is
+one decoder forward, as in ADML. `decode_streams_plain` is the reference it is tested
+against: k + 1 plain greedy decodes (the base, then each adapter merged in) that share only
+the encoder output.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from adml import StackedAdapters, _audio_features, decode_merged
-from whisper_min.decoding import DecodingOptions, DecodingResult
+from adml import BatchedStreams, StackedAdapters, _audio_features, decode_merged, multi_lora_modules, swapped
+from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, pick
 from whisper_min.decoding import decode as plain_decode
 from whisper_min.model import Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -34,19 +36,79 @@ def one_adapter(stack: StackedAdapters, i: int) -> StackedAdapters:
     return StackedAdapters([stack.names[i]], {m: (A[i : i + 1], B[i : i + 1]) for m, (A, B) in stack.deltas.items()})
 
 
-@torch.inference_mode()
+def route(results: list[list[DecodingResult]], tau: float) -> list[DecodingResult]:
+    """Every stream's results, base first ([stream][utterance]) -> one per utterance: adapter
+    i's when its avg_logprob is at least the base's + tau and no other adapter's is higher
+    (the first adapter wins a tie), else the base's. `stream_tokens` counts the chosen
+    stream's tokens (base first); `no_speech_prob` stays the base's, as in ADML."""
+    out = []
+    for u, base in enumerate(results[0]):
+        best, chosen = base, 0
+        for i, stream in enumerate(results[1:], start=1):
+            r = stream[u]
+            if r.avg_logprob >= base.avg_logprob + tau and (chosen == 0 or r.avg_logprob > best.avg_logprob):
+                best, chosen = r, i
+        best.stream_tokens = [len(best.tokens) if s == chosen else 0 for s in range(len(results))]
+        best.no_speech_prob = base.no_speech_prob
+        out.append(best)
+    return out
+
+
 def decode_routed(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions,
                   audio_features: Tensor | None, stack: StackedAdapters, tau: float) -> list[DecodingResult]:
-    """Each utterance's transcript from one stream: adapter i's when its avg_logprob is at
-    least the base's + tau and no other adapter's is higher (the first adapter wins a tie),
-    else the base's. `stream_tokens` counts the chosen stream's tokens (base first)."""
-    features = _audio_features(model, mel, audio_features)  # the encoder once, for all k + 1 decodes
-    best = plain_decode(model, mel, tokenizer, options, features)
-    chosen, bar = [0] * len(best), [r.avg_logprob + tau for r in best]  # an adapter must reach the bar
-    for i in range(stack.k):
-        for u, r in enumerate(decode_merged(model, mel, tokenizer, options, features, one_adapter(stack, i))):
-            if r.avg_logprob >= bar[u] and (chosen[u] == 0 or r.avg_logprob > best[u].avg_logprob):
-                best[u], chosen[u] = r, i + 1
-    for r, c in zip(best, chosen):
-        r.stream_tokens = [len(r.tokens) if s == c else 0 for s in range(stack.k + 1)]
-    return best
+    """`--strategy route`: one transcript per utterance, from one stream (`route`)."""
+    return route(decode_streams(model, mel, tokenizer, options, audio_features, stack), tau)
+
+
+@torch.inference_mode()
+def decode_streams(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions,
+                   audio_features: Tensor | None, stack: StackedAdapters) -> list[list[DecodingResult]]:
+    """Every stream's greedy transcript, [stream][utterance], base first, in one batched pass:
+    the k + 1 streams decode side by side, each from its own tokens, until every stream of
+    every utterance has ended (rows that ended emit end-of-text, uncounted, as in plain decoding)."""
+    features = _audio_features(model, mel, audio_features)
+    U, S = features.shape[0], stack.k + 1
+    start = initial_tokens(tokenizer, options)
+    sample_begin = len(start)
+    sample_len = options.sample_len or model.dims.n_text_ctx // 2
+    filters = LogitFilters(tokenizer, options, sample_begin, model.dims.n_vocab)
+    eot = tokenizer.eot
+    with swapped(model, multi_lora_modules(model, stack)):
+        streams = BatchedStreams(model, stack.k, features)
+        tokens = torch.tensor([start] * U, device=features.device)  # (U, T0): the same start for every stream
+        logits, base_logits = streams.prefill(tokens)  # (S, U, V), (U, T0, V)
+        no_speech = base_logits[:, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
+        tokens = tokens.repeat(S, 1)  # (S*U, T0), stream-major: from here each stream has its own transcript
+        sum_logprobs = torch.zeros(S * U, device=features.device)
+        rows = torch.arange(S * U, device=features.device)
+        for _ in range(sample_len):  # plain greedy decoding (whisper_min.decode), on S*U rows
+            flat = logits.reshape(S * U, -1)  # (S*U, V)
+            filters(flat, tokens)
+            next_tokens = pick(flat, options.temperature)
+            logprobs = F.log_softmax(flat.float(), dim=-1)
+            finished = tokens[:, -1] == eot
+            sum_logprobs += logprobs[rows, next_tokens] * ~finished
+            next_tokens[finished] = eot
+            tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+            if (tokens[:, -1] == eot).all() or tokens.shape[1] >= model.dims.n_text_ctx:
+                break
+            logits = streams.step(tokens[:, -1:], tokens.shape[1] - 1)  # (S, U, V)
+    results = []
+    for i, (row, lp) in enumerate(zip(tokens.tolist(), sum_logprobs.tolist())):  # row i: stream i // U, utterance i % U
+        sampled = row[sample_begin:]
+        sampled = sampled[: sampled.index(eot)] if eot in sampled else sampled
+        results.append(DecodingResult(tokens=sampled, text=tokenizer.decode(sampled).strip(),
+                                      avg_logprob=lp / (len(sampled) + 1), no_speech_prob=no_speech[i % U],
+                                      temperature=options.temperature))
+    return [results[s * U : (s + 1) * U] for s in range(S)]  # rows are stream-major
+
+
+@torch.inference_mode()
+def decode_streams_plain(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions,
+                         audio_features: Tensor | None, stack: StackedAdapters) -> list[list[DecodingResult]]:
+    """The reference for `decode_streams`: k + 1 plain greedy decodes (the base, then each
+    adapter merged in) sharing the encoder output. About k + 1 times the base's decoding cost."""
+    features = _audio_features(model, mel, audio_features)
+    results = [plain_decode(model, mel, tokenizer, options, features)]
+    return results + [decode_merged(model, mel, tokenizer, options, features, one_adapter(stack, i))
+                      for i in range(stack.k)]

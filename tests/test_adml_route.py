@@ -1,6 +1,10 @@
-"""Routing (adml_route.py): each utterance's transcript is one stream's whole decode. Checked
+"""Routing (adml_route.py): each utterance's transcript is one stream's whole decode.
+
+The one-pass form (every stream fed its own tokens through adml's batched decoder) is checked
 against the streams decoded one by one here (the base plainly, each adapter merged in by
-adml_reference), on a tiny random Whisper."""
+adml_reference) at three levels: logits within test_adml's fp32 tolerance, token ids, text.
+Then the rule that picks a stream. A tiny random Whisper throughout.
+"""
 
 import copy
 
@@ -11,12 +15,13 @@ import adml
 import adml_reference
 import adml_route
 import lora
-from test_adml import OPTIONS, one_thread, tiny, tiny_adapters, tiny_features, tokenizer  # noqa: F401 (fixtures)
-from whisper_min.decoding import decode
+from test_adml import (LOGIT_ATOL, LOGIT_RTOL, OPTIONS, merged_logits, one_thread, tiny,  # noqa: F401 (fixtures)
+                       tiny_adapters, tiny_features, tokenizer)
+from whisper_min.decoding import decode, initial_tokens
 
 
 def each_stream(model, tokenizer, audio, adapters):
-    """Every stream's plain greedy decode, base first: [[result per utterance] per stream]."""
+    """Every stream's plain greedy decode, base first: [stream][utterance]."""
     out = [decode(model, None, tokenizer, OPTIONS, audio_features=audio)]
     for a in adapters:
         with adml.swapped(model, adml_reference.one_adapter_modules(model, a.deltas, merged=True)):
@@ -34,6 +39,47 @@ def expected(streams, tau):
     return picks
 
 
+# ---------------------------------------------------------------------------- the one-pass decode
+
+
+def test_streams_with_their_own_tokens_give_each_merged_models_logits(tiny, tokenizer):
+    """Level 1: after a shared prefill, every stream steps on a different token sequence."""
+    adapters = tiny_adapters(tiny)
+    audio = tiny_features(U=2)
+    S, U = len(adapters) + 1, 2
+    start = torch.tensor([initial_tokens(tokenizer, OPTIONS)] * U)  # (U, T0)
+    own = torch.randint(0, 50000, (S, U, 4), generator=torch.Generator().manual_seed(7))  # (S, U, 4): per stream
+    stack = adml.stack_adapters(adapters, tiny)
+    with adml.swapped(tiny, adml.multi_lora_modules(tiny, stack)), torch.no_grad():
+        streams = adml.BatchedStreams(tiny, stack.k, audio)
+        got = [streams.prefill(start)[0]]  # (S, U, V)
+        for t in range(own.shape[2]):
+            got.append(streams.step(own[:, :, t].reshape(S * U, 1), start.shape[1] + t))
+    got = torch.stack(got, dim=2)  # (S, U, 1 + 4, V)
+    for s, a in enumerate([None] + adapters):
+        tokens = torch.cat([start, own[s]], dim=1)  # (U, T0 + 4)
+        want = merged_logits(tiny, a.deltas if a else {}, audio, tokens)[:, start.shape[1] - 1 :]
+        torch.testing.assert_close(got[s], want, atol=LOGIT_ATOL, rtol=LOGIT_RTOL, msg=f"stream {s}")
+
+
+def test_one_pass_gives_every_streams_plain_decode(tiny, tokenizer):
+    """Levels 2 and 3: token ids and text of every stream, against both references."""
+    adapters = tiny_adapters(tiny)
+    audio = tiny_features(U=6, seed=3)
+    want = each_stream(tiny, tokenizer, audio, adapters)
+    stack = adml.stack_adapters(adapters, tiny)
+    for got in (adml_route.decode_streams(tiny, None, tokenizer, OPTIONS, audio, stack),
+                adml_route.decode_streams_plain(tiny, None, tokenizer, OPTIONS, audio, stack)):
+        assert [[r.tokens for r in s] for s in got] == [[r.tokens for r in s] for s in want]
+        assert [[r.text for r in s] for s in got] == [[r.text for r in s] for s in want]
+        for g, w in zip(got, want):
+            assert [r.avg_logprob for r in g] == pytest.approx([r.avg_logprob for r in w], abs=1e-4)
+    assert len({tuple(s[0].tokens) for s in want}) > 1, "the streams agree: the test would not test them"
+
+
+# ---------------------------------------------------------------------------- the rule
+
+
 def test_each_utterance_takes_the_surest_streams_whole_transcript(tiny, tokenizer):
     adapters = tiny_adapters(tiny)
     audio = tiny_features(U=6, seed=3)
@@ -43,8 +89,9 @@ def test_each_utterance_takes_the_surest_streams_whole_transcript(tiny, tokenize
         picks = expected(streams, tau)
         got = adml_route.decode_routed(tiny, None, tokenizer, OPTIONS, audio, stack, tau)
         assert [r.tokens for r in got] == [streams[p][u].tokens for u, p in enumerate(picks)]
-        assert [r.stream_tokens.index(max(r.stream_tokens)) if any(r.stream_tokens) else 0 for r in got] == picks
-        assert all(sum(r.stream_tokens) == len(r.tokens) for r in got)
+        assert [r.stream_tokens for r in got] == \
+            [[len(r.tokens) if s == p else 0 for s in range(4)] for r, p in zip(got, picks)]
+        assert [r.no_speech_prob for r in got] == pytest.approx([r.no_speech_prob for r in streams[0]], abs=1e-5)
     # The random streams exercise every branch: each adapter wins somewhere at tau = 0, and
     # tau = 0.05 gives some of those utterances back to the base.
     assert set(expected(streams, 0.0)) == {0, 1, 2, 3}
