@@ -16,6 +16,8 @@ the number of decoding steps) stay the base's; the token counts are printed to c
 With --cuda-graphs the original and the batched rows decode through cuda_graphs.GraphedDecoder
 (the same loop for both, k = 0 for the original), recorded in an untimed first pass whose
 token ids are checked against eager decoding; the sequential rows stay eager.
+With --strategy route (adml_route.py) the batched rows are routing's one pass and the
+sequential rows its k + 1 plain decodes; the transcripts are the base's either way.
 """
 
 import argparse
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import adml  # noqa: E402
 import adml_reference  # noqa: E402
+import adml_route  # noqa: E402
 import cuda_graphs  # noqa: E402
 import whisper_min  # noqa: E402
 from whisper_min.decoding import DecodingOptions, decode  # noqa: E402
@@ -109,6 +112,8 @@ def main() -> None:
     p.add_argument("--sdpa-math", action="store_true",
                    help="on CUDA, attention through PyTorch's plain-matmul SDPA instead of its fused kernels, whose "
                         "one-query-row kernel is slow (the base uses SDPA everywhere, ADML's cross-attention never)")
+    p.add_argument("--strategy", default="das", choices=adml.STRATEGIES,
+                   help="the selection rule the adapters decode with (route: adml_route.py)")
     p.add_argument("--quick", action="store_true", help="2 clips, 1 round, k = 1, 3, 25")
     p.add_argument("--json", default=None, help="also write the table here (bench/report.py reads it)")
     p.add_argument("--profile", type=int, default=0, metavar="K",
@@ -122,6 +127,8 @@ def main() -> None:
     device = torch.device(args.device)
     if args.cuda_graphs and device.type != "cuda":
         p.error("--cuda-graphs needs --device cuda")
+    if args.cuda_graphs and args.strategy == "route":
+        p.error("--cuda-graphs records token-level ADML only, not --strategy route")
     if args.sdpa_math:
         torch.backends.cuda.enable_flash_sdp(False)
         torch.backends.cuda.enable_mem_efficient_sdp(False)
@@ -144,21 +151,30 @@ def main() -> None:
 
     configs = {"original": decode}
     for k in ks:
-        configs[f"{k}-P"] = (lambda k: lambda m, mel, tok, opt: adml.decode(m, mel, tok, opt, adapters=stacks[k]))(k)
+        if args.strategy == "route":  # tau = 0: the rule's cost does not depend on it
+            configs[f"{k}-P"] = (lambda k: lambda m, mel, tok, opt: adml_route.decode_routed(
+                m, mel, tok, opt, None, stacks[k], 0.0))(k)
+            if not args.no_sequential:
+                configs[f"{k}-S"] = (lambda k: lambda m, mel, tok, opt: adml_route.route(
+                    adml_route.decode_streams_plain(m, mel, tok, opt, None, stacks[k]), 0.0))(k)
+            continue
+        configs[f"{k}-P"] = (lambda k: lambda m, mel, tok, opt: adml.decode(
+            m, mel, tok, opt, adapters=stacks[k], strategy=args.strategy))(k)
         if not args.no_sequential:
             # the sequential reference takes per-adapter deltas: unstack them once, outside the timing
             deltas = [{n: (A[i], B[i]) for n, (A, B) in stacks[k].deltas.items()} for i in range(k)]
             configs[f"{k}-S"] = (lambda d: lambda m, mel, tok, opt: adml_reference.decode_sequential(
-                m, mel, tok, opt, adapters=d))(deltas)
+                m, mel, tok, opt, adapters=d, strategy=args.strategy))(deltas)
 
     eager = {}  # with --cuda-graphs: each graphed configuration's eager twin, for the token check
     if args.cuda_graphs:
         eager = {name: configs[name] for name in ["original", *(f"{k}-P" for k in ks)]}
         configs["original"] = cuda_graphs.GraphedDecoder(model)
         for k in ks:
-            configs[f"{k}-P"] = cuda_graphs.GraphedDecoder(model, stacks[k])
+            configs[f"{k}-P"] = cuda_graphs.GraphedDecoder(model, stacks[k], strategy=args.strategy)
 
     setup = (f"{args.model} on {device} ({torch.get_num_threads()} threads), {len(audios)} LibriVox clips, "
+             f"--strategy {args.strategy}, "
              f"{seconds:.1f} s of audio, rank {args.rank}, {args.rounds} round(s), {args.clock} clock"
              + (", CUDA graphs" if args.cuda_graphs else "") + (", math SDPA" if args.sdpa_math else ""))
     print(f"# {setup}", flush=True)
