@@ -13,13 +13,15 @@ import time
 
 from adml import ENDS, STRATEGIES, SWITCHES, check_guard, check_tau
 
-# ADML's defaults: the setting bench/reproduce.py's tune stage chose for the shipped adapters
-# on validation speech (RESULTS.md). max-only is Eq. (3) without its min-condition; the paper
-# leaves open what that condition picks, and `--strategy das` is our literal reading of it.
+# ADML's defaults, chosen on validation speech (RESULTS.md). route: each utterance's whole
+# transcript from one stream (adml_route.py, not the paper's rule), chosen over max-only by the
+# tune stage's rule in the twelfth pass. max-only, the tune stage's choice before, is Eq. (3)
+# without its min-condition; the paper leaves open what that condition picks, and
+# `--strategy das` is our literal reading of it. The rules below apply to token-level selection:
 # end "base": only the base model ends the transcript; `--end any` is Algorithm 1 as written.
 # switch "token": streams may change at any token, as in Algorithm 1; "word": only between words.
 # guard 0: no guard, as in Algorithm 1; k > 0: an adapter's token must be among the base's k likeliest.
-DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END, DEFAULT_SWITCH, DEFAULT_GUARD = 0.01, "max-only", "base", "token", 0
+DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END, DEFAULT_SWITCH, DEFAULT_GUARD = 0.01, "route", "base", "token", 0
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,21 +33,24 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "(same tokens, slower; cuda_graphs.py)")
     p.add_argument("--loras", default="", help="comma-separated adapter files (.st) decoded together with ADML")
     p.add_argument("--tau", default=DEFAULT_TAU, type=tau_argument,
-                   help=f"ADML confidence threshold τ of Eq. (3), >= 0 (default {DEFAULT_TAU})")
+                   help=f"ADML confidence threshold τ of Eq. (3), or route's margin in average log-probability, "
+                        f">= 0 (default {DEFAULT_TAU})")
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES,
-                   help="ADML token selection: max-only (default; an adapter's token when it is surer than the "
-                        "base by τ, else the base's), das (Eq. (3) as written: also the least sure stream's token "
-                        "when one is less sure than the base by τ), route (one stream's whole transcript per utterance: "
-                        "an adapter's when its average log-probability beats the base's by τ; k + 1 decodes, "
-                        "adml_route.py), or an ablation")
+                   help="how the streams make one transcript: route (default; one stream's whole transcript per "
+                        "utterance, an adapter's when its average log-probability per token beats the base's by τ; "
+                        "not the paper's rule, adml_route.py), max-only (token by token: an adapter's token when it "
+                        "is surer than the base by τ, else the base's), das (Eq. (3) as written: also the least sure "
+                        "stream's token when one is less sure than the base by τ), or an ablation")
     p.add_argument("--end", default=DEFAULT_END, choices=ENDS,
-                   help="which streams may end the transcript: base (default; an adapter's end-of-text is never "
-                        "taken, and the base's always is) or any (Algorithm 1 as written)")
+                   help="token-level rules only: which streams may end the transcript: base (default; an adapter's "
+                        "end-of-text is never taken, and the base's always is) or any (Algorithm 1 as written)")
     p.add_argument("--switch", default=DEFAULT_SWITCH, choices=SWITCHES,
-                   help="where the transcript may change streams: token (any token, as in Algorithm 1) or word "
+                   help="token-level rules only: where the transcript may change streams: token (any token, as in "
+                        "Algorithm 1) or word "
                         f"(only between words: the stream that began a word finishes it) (default {DEFAULT_SWITCH})")
     p.add_argument("--guard", default=DEFAULT_GUARD, type=guard_argument, metavar="K",
-                   help="take an adapter's token only if it is among the base model's K likeliest tokens; "
+                   help="token-level rules only: take an adapter's token only if it is among the base model's K "
+                        "likeliest tokens; "
                         f"0 turns the guard off, as in Algorithm 1 (default {DEFAULT_GUARD})")
 
 

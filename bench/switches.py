@@ -137,9 +137,10 @@ def main():
     ap.add_argument("--set", default="asterisk", help="with --run: the test set (default asterisk)")
     ap.add_argument("--system", default="DAS", help="with --run: the scored system (default DAS)")
     ap.add_argument("--loras", default="", help="without --run: comma-separated adapter files")
-    # Without --run: the shipped setting, as `das.py transcribe` decodes.
+    # Without --run: the shipped token-level setting (streams switch only token by token, so
+    # not das.py's default, route, which keeps one stream's whole transcript).
     ap.add_argument("--tau", type=float, default=das.DEFAULT_TAU)
-    ap.add_argument("--strategy", default=das.DEFAULT_STRATEGY, choices=adml.STRATEGIES)
+    ap.add_argument("--strategy", default="max-only", choices=[s for s in adml.STRATEGIES if s != "route"])
     ap.add_argument("--end", default=das.DEFAULT_END, choices=adml.ENDS)
     ap.add_argument("--switch", default=das.DEFAULT_SWITCH, choices=adml.SWITCHES)
     ap.add_argument("--model", default="base")

@@ -10,13 +10,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import tau_sweep  # noqa: E402
 
 
-def test_the_base_then_das_at_each_tau_with_the_shipped_options():
+def test_the_base_then_das_at_each_tau_with_the_shipped_options():  # das.py's defaults
     systems = tau_sweep.systems(["m.st", "w.st"], [0.0, 0.01, 1.0])
     assert [name for name, _, _ in systems] == ["original", "tau=0", "tau=0.01", "tau=1"]
     assert systems[0][1]["kind"] == "base" and systems[0][2] == []
     config = systems[2][1]
     assert (config["kind"], config["files"], config["tau"], config["strategy"], config["end"]) == \
-        ("adml", ["m.st", "w.st"], 0.01, "max-only", "base")
+        ("adml", ["m.st", "w.st"], 0.01, "route", "base")
+    assert tau_sweep.systems(["m.st"], [0.01], strategy="max-only")[1][1]["strategy"] == "max-only"
     labelled = tau_sweep.systems(["m.st"], [0.01], "mixed")
     assert [name for name, _, _ in labelled] == ["original", "mixed tau=0.01"]  # one OUT for several adapter sets
 
