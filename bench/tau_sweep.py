@@ -8,11 +8,11 @@ The systems share one encoder memo on disk (bench/scorer.py), so each τ after t
 costs only its decoding. The scores land in OUT/scores/<system>/<set>.json, as reproduce.py's
 eval stage writes them (`bench/bootstrap.py OUT/scores/original OUT/scores/tau=0.01` gives
 intervals): rerun to resume, or start a second copy (OMP_NUM_THREADS=1 each) to share the
-work. The ADML options other than τ and `--strategy` are das.py's defaults (the shipped setting). `--label`
-names the adapters (systems "LABEL tau=0.01"), so that several sets of adapters share one OUT,
-its encoder memo and the original's scores. `--plain NAME=FILE` adds one adapter decoded
-alone (merged into the base, as das.py does with one file), such as LoRA-ft-Multi, to compare
-with DAS on the same sets; `--loras` may then be left out.
+work. The ADML options other than τ and `--strategy` are das.py's defaults (the shipped
+setting). `--label` names the adapters (systems "LABEL tau=0.01"), so that several sets of
+adapters share one OUT, its encoder memo and the original's scores. `--plain NAME=FILE` adds
+one adapter decoded alone (merged into the base, as das.py does with one file), such as
+LoRA-ft-Multi, to compare with DAS on the same sets; `--loras` may then be left out.
 """
 
 import argparse
