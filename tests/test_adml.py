@@ -327,18 +327,28 @@ def test_real_speech_logits_equal_merged_models(base_model, base_tokenizer, base
 # ---------------------------------------------------------------------------- adapter files (lora.py)
 
 
-def test_make_decoder_on_adapter_files(tiny, tokenizer, tmp_path):
+def adapter_files(model, folder, domains=("music", "sports")) -> list:
+    """Real adapter files (lora.save_adapter) for the tiny model, one per domain."""
     import copy
 
     import lora
 
     paths = []
-    for i, domain in enumerate(["music", "sports"]):
-        trained = copy.deepcopy(tiny)
+    for i, domain in enumerate(domains):
+        trained = copy.deepcopy(model)
         lora.add_lora(trained, r=4, generator=torch.Generator().manual_seed(i))
         for layer in lora.lora_layers(trained).values():  # stand-in for training: move off the init
             layer.lora_B.data.normal_(std=0.5, generator=torch.Generator().manual_seed(i))
-        paths.append(lora.save_adapter(trained, tmp_path / f"{domain}.st", domain=domain, base_model="tiny-random"))
+        paths.append(lora.save_adapter(trained, folder / f"{domain}.st", domain=domain, base_model="tiny-random"))
+    return paths
+
+
+def test_make_decoder_on_adapter_files(tiny, tokenizer, tmp_path):
+    import copy
+
+    import lora
+
+    paths = adapter_files(tiny, tmp_path)
     decode_fn = adml.make_decoder(tiny, [str(p) for p in paths], tau=0.025, strategy="das")
     assert decode_fn.adapter_names == ["music", "sports"]
     audio = tiny_features(U=1)

@@ -6,8 +6,6 @@ adml_reference) at three levels: logits within test_adml's fp32 tolerance, token
 Then the rule that picks a stream. A tiny random Whisper throughout.
 """
 
-import copy
-
 import pytest
 import torch
 
@@ -15,8 +13,8 @@ import adml
 import adml_reference
 import adml_route
 import lora
-from test_adml import (LOGIT_ATOL, LOGIT_RTOL, OPTIONS, merged_logits, one_thread, tiny,  # noqa: F401 (fixtures)
-                       tiny_adapters, tiny_features, tokenizer)
+from test_adml import (LOGIT_ATOL, LOGIT_RTOL, OPTIONS, adapter_files, merged_logits, one_thread,  # noqa: F401
+                       tiny, tiny_adapters, tiny_features, tokenizer)
 from whisper_min.decoding import decode, initial_tokens
 
 
@@ -118,13 +116,7 @@ def test_one_adapter_of_a_stack_is_that_adapter(tiny):
 
 
 def test_make_decoder_routes_adapter_files_and_select_refuses_route(tiny, tokenizer, tmp_path):
-    paths = []
-    for i, domain in enumerate(["music", "sports"]):
-        trained = copy.deepcopy(tiny)
-        lora.add_lora(trained, r=4, generator=torch.Generator().manual_seed(i))
-        for layer in lora.lora_layers(trained).values():  # stand-in for training: move off the init
-            layer.lora_B.data.normal_(std=0.5, generator=torch.Generator().manual_seed(i))
-        paths.append(lora.save_adapter(trained, tmp_path / f"{domain}.st", domain=domain, base_model="tiny-random"))
+    paths = adapter_files(tiny, tmp_path)
     audio = tiny_features(U=4, seed=5)
     decode_fn = adml.make_decoder(tiny, [str(p) for p in paths], tau=0.0, strategy="route")
     got = decode_fn(tiny, None, tokenizer, OPTIONS, audio_features=audio)
