@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from adml_select import (ENDS, STRATEGIES, SWITCHES, base_ends, base_guard,  # noqa: F401 (adml's API)
                          check_guard, check_options, check_tau, keep_word, select, word_pieces)
-from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, pick
+from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, make_results, pick
 from whisper_min.model import KVCache, MultiHeadAttention, Whisper
 from whisper_min.tokenizer import Tokenizer
 
@@ -366,14 +366,10 @@ def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: Decoding
             break
         logits = streams.step(tokens[:, -1:], tokens.shape[1] - 1)  # (S, U, V)
 
-    results = []
-    for row, lp, nsp, n in zip(tokens.tolist(), sum_logprobs.tolist(), no_speech_probs, counts.tolist()):
-        sampled = row[sample_begin:]
-        sampled = sampled[: sampled.index(eot)] if eot in sampled else sampled
-        results.append(DecodingResult(tokens=sampled, text=tokenizer.decode(sampled).strip(),
-                                      avg_logprob=lp / (len(sampled) + 1), no_speech_prob=nsp,
-                                      temperature=options.temperature, stream_tokens=n))
-    return results
+    out = make_results(tokens, sum_logprobs, no_speech_probs, sample_begin, tokenizer, options.temperature)
+    for r, n in zip(out, counts.tolist()):
+        r.stream_tokens = n
+    return out
 
 
 def _audio_features(model: Whisper, mel: Tensor, audio_features: Tensor | None) -> Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adml import BatchedStreams, StackedAdapters, _audio_features, decode_merged, multi_lora_modules, swapped
-from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, pick
+from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, make_results, pick
 from whisper_min.decoding import decode as plain_decode
 from whisper_min.model import Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -36,19 +36,19 @@ def one_adapter(stack: StackedAdapters, i: int) -> StackedAdapters:
     return StackedAdapters([stack.names[i]], {m: (A[i : i + 1], B[i : i + 1]) for m, (A, B) in stack.deltas.items()})
 
 
-def route(results: list[list[DecodingResult]], tau: float) -> list[DecodingResult]:
+def route(streams: list[list[DecodingResult]], tau: float) -> list[DecodingResult]:
     """Every stream's results, base first ([stream][utterance]) -> one per utterance: adapter
     i's when its avg_logprob is at least the base's + tau and no other adapter's is higher
     (the first adapter wins a tie), else the base's. `stream_tokens` counts the chosen
     stream's tokens (base first); `no_speech_prob` stays the base's, as in ADML."""
     out = []
-    for u, base in enumerate(results[0]):
+    for u, base in enumerate(streams[0]):
         best, chosen = base, 0
-        for i, stream in enumerate(results[1:], start=1):
+        for i, stream in enumerate(streams[1:], start=1):
             r = stream[u]
             if r.avg_logprob >= base.avg_logprob + tau and (chosen == 0 or r.avg_logprob > best.avg_logprob):
                 best, chosen = r, i
-        best.stream_tokens = [len(best.tokens) if s == chosen else 0 for s in range(len(results))]
+        best.stream_tokens = [len(best.tokens) if s == chosen else 0 for s in range(len(streams))]
         best.no_speech_prob = base.no_speech_prob
         out.append(best)
     return out
@@ -93,14 +93,8 @@ def decode_streams(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: D
             if (tokens[:, -1] == eot).all() or tokens.shape[1] >= model.dims.n_text_ctx:
                 break
             logits = streams.step(tokens[:, -1:], tokens.shape[1] - 1)  # (S, U, V)
-    results = []
-    for i, (row, lp) in enumerate(zip(tokens.tolist(), sum_logprobs.tolist())):  # row i: stream i // U, utterance i % U
-        sampled = row[sample_begin:]
-        sampled = sampled[: sampled.index(eot)] if eot in sampled else sampled
-        results.append(DecodingResult(tokens=sampled, text=tokenizer.decode(sampled).strip(),
-                                      avg_logprob=lp / (len(sampled) + 1), no_speech_prob=no_speech[i % U],
-                                      temperature=options.temperature))
-    return [results[s * U : (s + 1) * U] for s in range(S)]  # rows are stream-major
+    out = make_results(tokens, sum_logprobs, no_speech * S, sample_begin, tokenizer, options.temperature)
+    return [out[s * U : (s + 1) * U] for s in range(S)]  # rows are stream-major: row s * U + u
 
 
 @torch.inference_mode()

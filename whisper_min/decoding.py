@@ -172,11 +172,17 @@ def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingO
             break
         logits = decode_one_token(model, tokens[:, -1:], cross_kv, cache, offset=tokens.shape[1] - 1)
 
-    results = []
+    return make_results(tokens, sum_logprobs, no_speech_probs, sample_begin, tokenizer, options.temperature)
+
+
+def make_results(tokens: Tensor, sum_logprobs: Tensor, no_speech_probs: list[float], sample_begin: int,
+            tokenizer: Tokenizer, temperature: float) -> list[DecodingResult]:
+    """One DecodingResult per row of `tokens` (rows, T): the sampled tokens up to end-of-text,
+    and the average log-probability over them and the end-of-text."""
+    out = []
     for row, lp, nsp in zip(tokens.tolist(), sum_logprobs.tolist(), no_speech_probs):
         sampled = row[sample_begin:]
-        sampled = sampled[: sampled.index(eot)] if eot in sampled else sampled
-        results.append(DecodingResult(tokens=sampled, text=tokenizer.decode(sampled).strip(),
-                                      avg_logprob=lp / (len(sampled) + 1), no_speech_prob=nsp,
-                                      temperature=options.temperature))
-    return results
+        sampled = sampled[: sampled.index(tokenizer.eot)] if tokenizer.eot in sampled else sampled
+        out.append(DecodingResult(tokens=sampled, text=tokenizer.decode(sampled).strip(),
+                                  avg_logprob=lp / (len(sampled) + 1), no_speech_prob=nsp, temperature=temperature))
+    return out
