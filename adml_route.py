@@ -21,11 +21,11 @@ the encoder output.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from adml import BatchedStreams, StackedAdapters, _audio_features, decode_merged, multi_lora_modules, swapped
-from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, make_results, pick
+from whisper_min.decoding import (DecodingOptions, DecodingResult, LogitFilters, initial_tokens, make_results,
+                                  sample_tokens)
 from whisper_min.decoding import decode as plain_decode
 from whisper_min.model import Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -70,29 +70,19 @@ def decode_streams(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: D
     U, S = features.shape[0], stack.k + 1
     start = initial_tokens(tokenizer, options)
     sample_begin = len(start)
-    sample_len = options.sample_len or model.dims.n_text_ctx // 2
     filters = LogitFilters(tokenizer, options, sample_begin, model.dims.n_vocab)
-    eot = tokenizer.eot
     with swapped(model, multi_lora_modules(model, stack)):
         streams = BatchedStreams(model, stack.k, features)
         tokens = torch.tensor([start] * U, device=features.device)  # (U, T0): the same start for every stream
         logits, base_logits = streams.prefill(tokens)  # (S, U, V), (U, T0, V)
         no_speech = base_logits[:, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
-        tokens = tokens.repeat(S, 1)  # (S*U, T0), stream-major: from here each stream has its own transcript
-        sum_logprobs = torch.zeros(S * U, device=features.device)
-        rows = torch.arange(S * U, device=features.device)
-        for _ in range(sample_len):  # plain greedy decoding (whisper_min.decode), on S*U rows
-            flat = logits.reshape(S * U, -1)  # (S*U, V)
-            filters(flat, tokens)
-            next_tokens = pick(flat, options.temperature)
-            logprobs = F.log_softmax(flat.float(), dim=-1)
-            finished = tokens[:, -1] == eot
-            sum_logprobs += logprobs[rows, next_tokens] * ~finished
-            next_tokens[finished] = eot
-            tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
-            if (tokens[:, -1] == eot).all() or tokens.shape[1] >= model.dims.n_text_ctx:
-                break
-            logits = streams.step(tokens[:, -1:], tokens.shape[1] - 1)  # (S, U, V)
+
+        def step(token, offset):
+            return streams.step(token, offset).reshape(S * U, -1)  # (S, U, V) -> (S*U, V)
+
+        # Plain decoding's loop on S*U rows, stream-major: from here each stream has its own transcript.
+        tokens, sum_logprobs = sample_tokens(logits.reshape(S * U, -1), tokens.repeat(S, 1), step, filters, options,
+                                             tokenizer.eot, model.dims.n_text_ctx)
     out = make_results(tokens, sum_logprobs, no_speech * S, sample_begin, tokenizer, options.temperature)
     return [out[s * U : (s + 1) * U] for s in range(S)]  # rows are stream-major: row s * U + u
 

@@ -148,9 +148,7 @@ def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingO
     B = audio_features.shape[0]
     start = initial_tokens(tokenizer, options)
     sample_begin = len(start)
-    sample_len = options.sample_len or model.dims.n_text_ctx // 2
     filters = LogitFilters(tokenizer, options, sample_begin, model.dims.n_vocab)
-    eot = tokenizer.eot
 
     cross_kv = model.decoder.cross_kv(audio_features)
     cache = model.decoder.new_cache(B)
@@ -158,25 +156,41 @@ def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingO
     logits = prefill(model, tokens, cross_kv, cache)  # (B, T0, V)
     # The no-speech probability is read where the model would predict after <|startoftranscript|>.
     no_speech_probs = logits[:, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
-    logits = logits[:, -1]
-    sum_logprobs = torch.zeros(B, device=tokens.device)
-    for i in range(sample_len):
+
+    def step(token, offset):
+        return decode_one_token(model, token, cross_kv, cache, offset)
+
+    tokens, sum_logprobs = sample_tokens(logits[:, -1], tokens, step, filters, options, tokenizer.eot,
+                                         model.dims.n_text_ctx)
+    return make_results(tokens, sum_logprobs, no_speech_probs, sample_begin, tokenizer, options.temperature)
+
+
+def sample_tokens(logits: Tensor, tokens: Tensor, step, filters: LogitFilters, options: DecodingOptions, eot: int,
+                  n_text_ctx: int) -> tuple[Tensor, Tensor]:
+    """The sampling loop (greedy at temperature 0): next-token logits (B, V) after `tokens`
+    (B, T0) -> all tokens (B, T) and each row's summed log-probability of what it sampled.
+    `step(last (B, 1), offset)` gives the next logits (B, V). A row that ended keeps emitting
+    end-of-text, uncounted; the loop stops when every row has ended, at sample_len tokens, or
+    at the context's end. Plain decoding and adml_route's streams share it."""
+    sample_len = options.sample_len or n_text_ctx // 2
+    sum_logprobs = torch.zeros(tokens.shape[0], device=tokens.device)
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    for _ in range(sample_len):
         filters(logits, tokens)
         next_tokens = pick(logits, options.temperature)
         logprobs = F.log_softmax(logits.float(), dim=-1)
         finished = tokens[:, -1] == eot
-        sum_logprobs += logprobs[torch.arange(B), next_tokens] * ~finished
+        sum_logprobs += logprobs[rows, next_tokens] * ~finished
         next_tokens[finished] = eot  # finished rows keep emitting end-of-text
         tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
-        if (tokens[:, -1] == eot).all() or tokens.shape[1] >= model.dims.n_text_ctx:
+        if (tokens[:, -1] == eot).all() or tokens.shape[1] >= n_text_ctx:
             break
-        logits = decode_one_token(model, tokens[:, -1:], cross_kv, cache, offset=tokens.shape[1] - 1)
-
-    return make_results(tokens, sum_logprobs, no_speech_probs, sample_begin, tokenizer, options.temperature)
+        logits = step(tokens[:, -1:], tokens.shape[1] - 1)
+    return tokens, sum_logprobs
 
 
 def make_results(tokens: Tensor, sum_logprobs: Tensor, no_speech_probs: list[float], sample_begin: int,
-            tokenizer: Tokenizer, temperature: float) -> list[DecodingResult]:
+                 tokenizer: Tokenizer, temperature: float) -> list[DecodingResult]:
     """One DecodingResult per row of `tokens` (rows, T): the sampled tokens up to end-of-text,
     and the average log-probability over them and the end-of-text."""
     out = []
