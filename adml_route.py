@@ -18,7 +18,14 @@ problem; the question is whether the surest stream is the right one, in domain a
 one decoder forward, as in ADML. `decode_streams_plain` is the reference it is tested
 against: k + 1 plain greedy decodes (the base, then each adapter merged in) that share only
 the encoder output.
+
+τ only picks among transcripts already decoded, so `StreamMemo` keeps every stream's results
+per window and routes the same decode at any τ: a τ sweep (bench/tau_sweep.py, the tune
+stage's routing step) decodes each utterance once, not once per τ.
 """
+
+import dataclasses
+import hashlib
 
 import torch
 from torch import Tensor
@@ -48,10 +55,34 @@ def route(streams: list[list[DecodingResult]], tau: float) -> list[DecodingResul
             r = stream[u]
             if r.avg_logprob >= base.avg_logprob + tau and (chosen == 0 or r.avg_logprob > best.avg_logprob):
                 best, chosen = r, i
-        best.stream_tokens = [len(best.tokens) if s == chosen else 0 for s in range(len(streams))]
-        best.no_speech_prob = base.no_speech_prob
-        out.append(best)
+        # A copy: the streams' own results stay as decoded, to be routed again at another τ.
+        out.append(dataclasses.replace(best, no_speech_prob=base.no_speech_prob,
+                                       stream_tokens=[len(best.tokens) if s == chosen else 0
+                                                      for s in range(len(streams))]))
     return out
+
+
+class StreamMemo:
+    """Every stream's results per window (`decode_streams`), kept in memory for one model and
+    one stack of adapters, so that routing at another τ decodes nothing again."""
+
+    def __init__(self, stack: StackedAdapters):
+        self.stack = stack
+        self.results: dict[str, list[list[DecodingResult]]] = {}
+        self.decodes = 0  # windows actually decoded (the rest came from memory)
+
+    def decoder(self, tau: float):
+        """A `decode_fn(model, mel, tokenizer, options, audio_features=None)` routing at τ."""
+        def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
+            # The window's exact mel and the options (a prompt, say) decide every stream's transcript.
+            key = hashlib.sha256(mel.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+            key += f"{tuple(mel.shape)}{options!r}"
+            if key not in self.results:
+                self.results[key] = decode_streams(model, mel, tokenizer, options, audio_features, self.stack)
+                self.decodes += 1
+            return route(self.results[key], tau)
+
+        return decode_fn
 
 
 def decode_routed(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions,
@@ -63,26 +94,34 @@ def decode_routed(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: De
 @torch.inference_mode()
 def decode_streams(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions,
                    audio_features: Tensor | None, stack: StackedAdapters) -> list[list[DecodingResult]]:
-    """Every stream's greedy transcript, [stream][utterance], base first, in one batched pass:
+    """Every stream's greedy transcript, [stream][utterance], base first, in one batched pass."""
+    features = _audio_features(model, mel, audio_features)
+    with swapped(model, multi_lora_modules(model, stack)):
+        return run_streams(BatchedStreams(model, stack.k, features), features, tokenizer, options,
+                           model.dims.n_vocab, model.dims.n_text_ctx)
+
+
+def run_streams(streams, features: Tensor, tokenizer: Tokenizer, options: DecodingOptions, n_vocab: int,
+                n_text_ctx: int) -> list[list[DecodingResult]]:
+    """`decode_streams`' loop on any `streams` with adml.run's `prefill(tokens)` and a `step`
+    that takes one token per stream (S*U, 1) (BatchedStreams, or cuda_graphs.GraphedSteps):
     the k + 1 streams decode side by side, each from its own tokens, until every stream of
     every utterance has ended (rows that ended emit end-of-text, uncounted, as in plain decoding)."""
-    features = _audio_features(model, mel, audio_features)
-    U, S = features.shape[0], stack.k + 1
+    U = features.shape[0]
     start = initial_tokens(tokenizer, options)
     sample_begin = len(start)
-    filters = LogitFilters(tokenizer, options, sample_begin, model.dims.n_vocab)
-    with swapped(model, multi_lora_modules(model, stack)):
-        streams = BatchedStreams(model, stack.k, features)
-        tokens = torch.tensor([start] * U, device=features.device)  # (U, T0): the same start for every stream
-        logits, base_logits = streams.prefill(tokens)  # (S, U, V), (U, T0, V)
-        no_speech = base_logits[:, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
+    filters = LogitFilters(tokenizer, options, sample_begin, n_vocab)
+    tokens = torch.tensor([start] * U, device=features.device)  # (U, T0): the same start for every stream
+    logits, base_logits = streams.prefill(tokens)  # (S, U, V), (U, T0, V)
+    S = logits.shape[0]
+    no_speech = base_logits[:, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
 
-        def step(token, offset):
-            return streams.step(token, offset).reshape(S * U, -1)  # (S, U, V) -> (S*U, V)
+    def step(token, offset):
+        return streams.step(token, offset).reshape(S * U, -1)  # (S, U, V) -> (S*U, V)
 
-        # Plain decoding's loop on S*U rows, stream-major: from here each stream has its own transcript.
-        tokens, sum_logprobs = sample_tokens(logits.reshape(S * U, -1), tokens.repeat(S, 1), step, filters, options,
-                                             tokenizer.eot, model.dims.n_text_ctx)
+    # Plain decoding's loop on S*U rows, stream-major: from here each stream has its own transcript.
+    tokens, sum_logprobs = sample_tokens(logits.reshape(S * U, -1), tokens.repeat(S, 1), step, filters, options,
+                                         tokenizer.eot, n_text_ctx)
     out = make_results(tokens, sum_logprobs, no_speech * S, sample_begin, tokenizer, options.temperature)
     return [out[s * U : (s + 1) * U] for s in range(S)]  # rows are stream-major: row s * U + u
 

@@ -29,6 +29,7 @@ class Scorer:
         self.base.embed_audio = EncoderMemo(self.base, self.memo_root)
         self.audio: dict[str, object] = {}
         self.built: dict[str, tuple] = {}
+        self.streams: dict[str, object] = {}  # adapter files -> adml_route.StreamMemo, kept across systems
 
     def load_audio(self, path: str):  # every system hears the same files: read each once
         import whisper_min
@@ -58,7 +59,9 @@ class Scorer:
         if key not in self.built:
             self.built.clear()
             model, decode_fn, kind = self.base, whisper_min.decode, config["kind"]
-            if kind in ("adml", "lora"):
+            if kind == "adml" and config["strategy"] == "route":
+                decode_fn = self.routed(files, config["tau"])
+            elif kind in ("adml", "lora"):
                 decode_fn = adml.make_decoder(self.base, [str(f) for f in files], tau=config["tau"],
                                               strategy=config["strategy"], end=config.get("end", "any"),
                                               switch=config.get("switch", "token"))
@@ -73,6 +76,20 @@ class Scorer:
                     model.embed_audio = self.base.embed_audio
             self.built[key] = model, decode_fn
         return self.built[key]
+
+    def routed(self, files, tau: float):
+        """`--strategy route` at τ, from one decode of every stream per window for these adapters
+        (adml_route.StreamMemo): a τ sweep or the tune stage's routing step decodes once, not per τ."""
+        import adml
+        import lora
+        from adml_route import StreamMemo
+
+        tau = adml.check_options(tau, "route", "any")
+        key = json.dumps([str(Path(f).resolve()) for f in files])
+        if key not in self.streams:
+            adapters = [lora.load_adapter(str(f), self.base) for f in files]  # raises for another base's file
+            self.streams[key] = StreamMemo(adml.stack_adapters(adapters, self.base))
+        return self.streams[key].decoder(tau)
 
     def score(self, name: str, config: dict, files, rows: list[dict], set_name: str, out: Path) -> dict | None:
         """Score one system on one set into `out`; None when it is done or another process has it."""

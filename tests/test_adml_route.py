@@ -125,3 +125,20 @@ def test_make_decoder_routes_adapter_files_and_select_refuses_route(tiny, tokeni
     assert [r.tokens for r in got] == [streams[p][u].tokens for u, p in enumerate(expected(streams, 0.0))]
     with pytest.raises(ValueError, match="whole transcripts"):
         adml.select(torch.ones(3, 2), torch.zeros(3, 2, dtype=torch.long), 0.0, "route")
+
+
+def test_stream_memo_routes_one_decode_at_every_tau(tiny, tokenizer):
+    """A τ sweep decodes each window once: the memo's routes equal a fresh decode's at every τ."""
+    adapters = tiny_adapters(tiny)
+    audio = tiny_features(U=6, seed=3)
+    stack = adml.stack_adapters(adapters, tiny)
+    memo = adml_route.StreamMemo(stack)
+    mel = torch.randn(6, tiny.dims.n_mels, 20, generator=torch.Generator().manual_seed(1))  # only the memo's key
+    for tau in (0.0, 0.05, 1e9, 0.0):
+        got = memo.decoder(tau)(tiny, mel, tokenizer, OPTIONS, audio_features=audio)
+        want = adml_route.decode_routed(tiny, None, tokenizer, OPTIONS, audio, stack, tau)
+        assert [(r.tokens, r.text, r.stream_tokens) for r in got] == [(r.tokens, r.text, r.stream_tokens) for r in want]
+    assert memo.decodes == 1
+    assert all(r.stream_tokens is None for s in next(iter(memo.results.values())) for r in s)  # routing copies
+    memo.decoder(0.0)(tiny, mel + 1, tokenizer, OPTIONS, audio_features=audio)  # another window decodes
+    assert memo.decodes == 2
