@@ -15,7 +15,8 @@ from adml import ENDS, STRATEGIES, SWITCHES, check_guard, check_tau
 
 # ADML's defaults, chosen on validation speech (RESULTS.md). route: each utterance's whole
 # transcript from one stream (adml_route.py, not the paper's rule), chosen over max-only by the
-# tune stage's rule in the twelfth pass. max-only, the tune stage's choice before, is Eq. (3)
+# tune stage's rule in the twelfth pass; its τ = 0.01 was kept by the tune stage's routing step
+# (bench/tune.py step 5) in the thirteenth. max-only, the tune stage's choice before, is Eq. (3)
 # without its min-condition; the paper leaves open what that condition picks, and
 # `--strategy das` is our literal reading of it. The rules below apply to token-level selection:
 # end "base": only the base model ends the transcript; `--end any` is Algorithm 1 as written.

@@ -186,11 +186,13 @@ def tune_section(run: Path) -> str:
                 + tune_table(t["end_candidates"], t["original_all"], ["tau", "end"], ["τ", "who ends"])
                 + f"\n\n{'Step 2 chose' if 'second' in t else 'Chosen'}: lr {second['lr']}, {second['strategy']}, "
                   f"τ = {second['tau']:g}, {second.get('end', 'any')} may end the transcript: {second['why']}.")
+    before_route = t.get("before_route", chosen)  # steps 3 and 4 chose among token-level rules
     if "switch_candidates" in t:
-        third = t.get("third", chosen)
+        third = t.get("third", before_route)
+        done = "third" in t or "route_candidates" in t
         out += (f"\n\nStep 3, at lr {second['lr']}, {second['strategy']} and end {second['end']}, on every set:\n\n"
                 + tune_table(t["switch_candidates"], t["original_all"], ["tau", "switch"], ["τ", "switch"])
-                + f"\n\n{'Step 3 chose' if 'third' in t else 'Chosen'}: lr {third['lr']}, {third['strategy']}, "
+                + f"\n\n{'Step 3 chose' if done else 'Chosen'}: lr {third['lr']}, {third['strategy']}, "
                   f"τ = {third['tau']:g}, {third['end']} may end the transcript, streams switch "
                   f"{'at any token' if third['switch'] == 'token' else 'only between words'}: {third['why']}.")
     if "data_candidates" in t:
@@ -198,8 +200,14 @@ def tune_section(run: Path) -> str:
         out += ("\n\nStep 4, at step 3's choice, adapters trained on "
                 + (", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]) + ":\n\n"
                 + tune_table(t["data_candidates"], t["original_all"], ["data", "lr", "tau"], ["training", "lr", "τ"])
-                + f"\n\nChosen: the adapters trained on {trained_on(chosen['data'])} at lr {chosen['lr']:g}"
-                  f", τ = {chosen['tau']:g}: {chosen['why']}.")
+                + f"\n\n{'Step 4 chose' if 'route_candidates' in t else 'Chosen'}: the adapters trained on "
+                  f"{trained_on(before_route['data'])} at lr {before_route['lr']:g}, τ = {before_route['tau']:g}: "
+                  f"{before_route['why']}.")
+    if "route_candidates" in t:
+        out += ("\n\nStep 5, routing (each utterance's whole transcript from one stream, adml_route.py) with "
+                "those adapters at each τ, beside that choice, on every set:\n\n"
+                + tune_table(t["route_candidates"], t["original_all"], ["strategy", "tau"], ["rule", "τ"])
+                + f"\n\nChosen: {chosen['strategy']}, τ = {chosen['tau']:g}: {chosen['why']}.")
     return out
 
 

@@ -19,7 +19,11 @@ Up to four steps, each a grid of candidates:
      switch rules: each τ of TUNE_TAUS with the adapters trained on requests alone (step 3's
      rate and scores), on requests plus in-domain statements (bench/statements.py), or on
      requests with out-of-domain replay (train --replay, replay.py) at each replay weight
-     (reproduce.py --replay-weights), each at every rate it was trained at, on all sets.
+     (reproduce.py --replay-weights), each at every rate it was trained at, on all sets;
+  5. routing (`route`, adml_route.py: each utterance's whole transcript from one stream, not
+     the paper's rule) with the adapters of the last step's choice, at each τ of TUNE_TAUS,
+     beside that choice itself, on all sets. One decode of every stream per utterance serves
+     every τ (scorer.Scorer.routed), so this step costs about one candidate.
 
 Validation sets, none of them a test set:
   <domain>   each domain's validation split (10% of its synthetic training texts, held out
@@ -37,7 +41,7 @@ The rule, for each step: keep the candidates whose WER on each out-of-domain set
 most MAX_OOD_RISE (2%, the issue's out-of-domain target) above the original model's; among
 them take the lowest mean WER over the in-domain sets, ties going to the larger τ (nearer
 the original model), then to end `any`, then to switch `token` (Algorithm 1 as written), then
-to the requests-only adapters. τ above 1 is the original model, so the rule can
+to the requests-only adapters, then to a token-level rule over routing. τ above 1 is the original model, so the rule can
 always fall back on it.
 """
 
@@ -50,6 +54,7 @@ from study_data import DOMAINS, OOD_VAL, OOD_VALS, join_clips, log, read_rows
 
 TUNE_TAUS = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3)
 READINGS = ("das", "max-only")
+ROUTE = "route"  # adml_select.STRATEGIES' whole-transcript rule (step 5)
 ENDS = ("any", "base")  # adml_select.ENDS; not imported, so that this module loads without torch
 SWITCHES = ("token", "word")  # adml_select.SWITCHES, likewise
 # How the adapters trained: datagen's requests alone, plus statements, or with replay (train --replay);
@@ -109,6 +114,13 @@ def data_candidates(third: dict, trained: list[tuple[str, float]]) -> list[dict]
             for c in switch_candidates(third) if c["switch"] == third["switch"]]
 
 
+def route_candidates(last: dict) -> list[dict]:
+    """Step 5: the last step's choice itself, then its adapters routed at each τ."""
+    keep = {k: last[k] for k in ("lr", "strategy", "tau", "end", "switch", "data") if k in last}
+    return [keep] + [{"lr": last["lr"], "strategy": ROUTE, "tau": t, "data": last.get("data", DATA[0])}
+                     for t in TUNE_TAUS]
+
+
 def label(c: dict) -> str:
     end, switch = c.get("end", "any"), c.get("switch", "token")
     data = suffix(c.get("data", DATA[0]))
@@ -141,7 +153,8 @@ def choose(rows: list[dict], original: dict) -> dict:
                 "why": "no candidate kept out-of-domain "
                 f"WER within {MAX_OOD_RISE:.0%} of the original model's: τ = 1, the original model"}
     best = min(ok, key=lambda r: (sum(r["wer"][d] for d in ind) / len(ind), -r["tau"], r.get("end", "any") != "any",
-                                  r.get("switch", "token") != "token", r.get("data", DATA[0]) != DATA[0]))
+                                  r.get("switch", "token") != "token", r.get("data", DATA[0]) != DATA[0],
+                                  r["strategy"] == ROUTE))
     return {"lr": best["lr"], "strategy": best["strategy"], "tau": best["tau"], "end": best.get("end", "any"),
             "switch": best.get("switch", "token"), "data": best.get("data", DATA[0]),
             "why": f"lowest mean in-domain validation WER ({', '.join(ind)}) among the {len(ok)} of {len(rows)} "
@@ -248,6 +261,12 @@ def stage_tune(args, run: Path) -> None:
         result["third"] = third = choice
         log(f"tune: step 3 chose {third}")
         if not (choice := step(4, data_candidates(third, trained), "data_candidates")):
+            return
+    if choice["lr"] is not None and "switch_candidates" in result:  # step 5, from step 3's or 4's candidate
+        result["before_route"] = choice
+        log(f"tune: step {4 if 'data_candidates' in result else 3} chose {choice}")
+        files_at.setdefault((choice["lr"], choice["data"]), das_files(run, choice["lr"], choice["data"]))
+        if not (choice := step(5, route_candidates(choice), "route_candidates")):
             return
     result.update(chosen=choice, sizes={s: len(r) for s, r in rows_of.items()})
     (run / "tune.json").write_text(json.dumps(result, indent=1) + "\n")
