@@ -414,8 +414,8 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
     for another base model); raises ValueError for a file given twice, a bad tau, strategy, end, switch or guard.
     One file with single="lora" is plain decoding with that adapter merged in (the issue's
     "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead.
-    cuda_graphs=True, with the model on a GPU: ADML replays its steps from CUDA graphs
-    (cuda_graphs.GraphedDecoder: the same tokens, a fraction of the launches)."""
+    cuda_graphs=True, with the model on a GPU: ADML, or routing, replays its steps from CUDA
+    graphs (cuda_graphs.GraphedDecoder: the same tokens, a fraction of the launches)."""
     import os
 
     import lora  # only here: adml itself works on any Adapter-like objects
@@ -431,15 +431,15 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
     if stack.k == 1 and single == "lora":
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             return decode_merged(model, mel, tokenizer, options, audio_features, stack)
+    elif cuda_graphs and model.device.type == "cuda":
+        from cuda_graphs import GraphedDecoder  # only here: it builds on this module
+
+        decode_fn = GraphedDecoder(model, stack, tau=tau, strategy=strategy, end=end, switch=switch, guard=guard)
     elif strategy == "route":  # whole transcripts, one stream each (end, switch and guard are token rules)
         from adml_route import decode_routed  # only here: it builds on this module
 
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             return decode_routed(model, mel, tokenizer, options, audio_features, stack, tau)
-    elif cuda_graphs and model.device.type == "cuda":
-        from cuda_graphs import GraphedDecoder  # only here: it builds on this module
-
-        decode_fn = GraphedDecoder(model, stack, tau=tau, strategy=strategy, end=end, switch=switch, guard=guard)
     else:
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy,

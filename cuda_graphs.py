@@ -17,6 +17,9 @@ The start tokens (the prefill) and the selection rule between steps stay eager.
     decode_fn = GraphedDecoder(model, adapters, tau=0.01, strategy="max-only", end="base")
     decode_fn(model, mel, tokenizer, options)     # what adml.decode returns, with far fewer launches
 
+strategy="route" replays adml_route's one pass the same way (each stream fed its own token)
+and gives what adml_route.decode_routed gives.
+
 k = 0 adapters is the base model alone through the same loop. On a CPU, or with graphs=False,
 the same objects run eagerly (that is how the tests check the buffer reuse).
 """
@@ -25,6 +28,7 @@ import torch
 from torch import Tensor
 
 from adml import BatchedStreams, _audio_features, check_options, multi_lora_modules, run, stack_adapters, swapped
+from adml_route import route, run_streams
 from whisper_min.decoding import DecodingOptions, DecodingResult
 from whisper_min.model import Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -41,8 +45,9 @@ class GraphedSteps:
         return self.streams.prefill(tokens)
 
     def step(self, token: Tensor, offset: int) -> Tensor:
-        """token (U, 1) -> logits (S, U, V). The logits are the graph's own output tensor:
-        valid until the next replay at this offset, which is the next window's."""
+        """token (U, 1), or one per stream (S*U, 1) for routing -> logits (S, U, V). A graph is
+        recorded for one token shape: a decoder keeps to one rule. The logits are the graph's
+        own output tensor: valid until the next replay at this offset, the next window's."""
         if not self.use_graphs:
             return self.streams.step(token, offset)
         if offset not in self.graphs:
@@ -94,5 +99,9 @@ class GraphedDecoder:
                 self.steps = GraphedSteps(BatchedStreams(model, self.stack.k, audio_features), self.graphs)
             else:
                 self.steps.streams.load(audio_features)
+            if self.rule["strategy"] == "route":  # every stream its own tokens, then one stream per utterance
+                streams = run_streams(self.steps, audio_features, tokenizer, options, model.dims.n_vocab,
+                                      model.dims.n_text_ctx)
+                return route(streams, self.rule["tau"])
             return run(self.steps, audio_features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx,
                        **self.rule)

@@ -16,8 +16,9 @@ the number of decoding steps) stay the base's; the token counts are printed to c
 With --cuda-graphs the original and the batched rows decode through cuda_graphs.GraphedDecoder
 (the same loop for both, k = 0 for the original), recorded in an untimed first pass whose
 token ids are checked against eager decoding; the sequential rows stay eager.
-With --strategy route (adml_route.py) the batched rows are routing's one pass and the
-sequential rows its k + 1 plain decodes; the transcripts are the base's either way.
+With --strategy route (adml_route.py) the batched rows are routing's one pass (replayed from
+CUDA graphs with --cuda-graphs) and the sequential rows its k + 1 plain decodes; the
+transcripts are the base's either way.
 """
 
 import argparse
@@ -127,8 +128,6 @@ def main() -> None:
     device = torch.device(args.device)
     if args.cuda_graphs and device.type != "cuda":
         p.error("--cuda-graphs needs --device cuda")
-    if args.cuda_graphs and args.strategy == "route":
-        p.error("--cuda-graphs records token-level ADML only, not --strategy route")
     if args.sdpa_math:
         torch.backends.cuda.enable_flash_sdp(False)
         torch.backends.cuda.enable_mem_efficient_sdp(False)
@@ -171,7 +170,8 @@ def main() -> None:
         eager = {name: configs[name] for name in ["original", *(f"{k}-P" for k in ks)]}
         configs["original"] = cuda_graphs.GraphedDecoder(model)
         for k in ks:
-            configs[f"{k}-P"] = cuda_graphs.GraphedDecoder(model, stacks[k], strategy=args.strategy)
+            configs[f"{k}-P"] = cuda_graphs.GraphedDecoder(model, stacks[k], strategy=args.strategy,
+                                                           **({"tau": 0.0} if args.strategy == "route" else {}))
 
     setup = (f"{args.model} on {device} ({torch.get_num_threads()} threads), {len(audios)} LibriVox clips, "
              f"--strategy {args.strategy}, "
