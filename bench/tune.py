@@ -4,7 +4,7 @@ In-domain validation loss cannot see what an adapter forgets out of its domain, 
 leaves one branch of Eq. (3) open. So this stage decodes validation speech with every
 candidate and picks one by a rule fixed before any candidate was scored.
 
-Up to four steps, each a grid of candidates:
+Up to five steps, each a grid of candidates:
   1. each LoRA learning rate of the grid (one adapter per domain at each rate), the two
      readings of Eq. (3)'s min-only case (`das`: the least confident stream; `max-only`:
      the base keeps its word; see adml_select.select), and each τ of TUNE_TAUS (at τ = 0 both
@@ -41,8 +41,8 @@ The rule, for each step: keep the candidates whose WER on each out-of-domain set
 most MAX_OOD_RISE (2%, the issue's out-of-domain target) above the original model's; among
 them take the lowest mean WER over the in-domain sets, ties going to the larger τ (nearer
 the original model), then to end `any`, then to switch `token` (Algorithm 1 as written), then
-to the requests-only adapters, then to a token-level rule over routing. τ above 1 is the original model, so the rule can
-always fall back on it.
+to the requests-only adapters, then to a token-level rule over routing. τ above 1 is the
+original model, so the rule can always fall back on it.
 """
 
 import json
