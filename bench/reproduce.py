@@ -29,7 +29,7 @@ at most the item or model in progress (generation and training resume inside tha
             (bench/replay_data.py: the fortunes package, TTS only; --replay-texts mixed: half
             of them programs' messages), which holds it near the base model outside its
             domain (replay.py), at each of --replay-weights.
-  tune      DAS's adapters, reading of Eq. (3), τ, end and switch rules, chosen by decoding
+  tune      DAS's adapters, reading of Eq. (3) or routing, τ, end and switch rules, chosen by decoding
             in-domain and out-of-domain validation speech (bench/tune.py has the candidates
             and the rule). With --tune-from OTHER_RUN it decodes nothing and takes the settings
             OTHER_RUN's tune stage chose (report.md says so).
