@@ -265,7 +265,6 @@ def stage_tune(args, run: Path) -> None:
     if choice["lr"] is not None and "switch_candidates" in result:  # step 5, from step 3's or 4's candidate
         result["before_route"] = choice
         log(f"tune: step {4 if 'data_candidates' in result else 3} chose {choice}")
-        files_at.setdefault((choice["lr"], choice["data"]), das_files(run, choice["lr"], choice["data"]))
         if not (choice := step(5, route_candidates(choice), "route_candidates")):
             return
     result.update(chosen=choice, sizes={s: len(r) for s, r in rows_of.items()})
