@@ -407,6 +407,20 @@ def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingO
                    end, switch, guard)
 
 
+def load_stack(model: Whisper, paths) -> StackedAdapters:
+    """Adapter files -> one stack, each file loaded once; ValueError for a file given twice
+    (lora.load_adapter raises for a file made for another base model)."""
+    import os
+
+    import lora  # only here: adml itself works on any Adapter-like objects
+
+    real = [os.path.realpath(p) for p in paths]
+    dupes = sorted({p for p, r in zip(paths, real) if real.count(r) > 1})
+    if dupes:
+        raise ValueError(f"duplicate adapters: {', '.join(dupes)} given more than once")
+    return stack_adapters([lora.load_adapter(p, model) for p in paths], model)
+
+
 def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das", single: str = "lora",
                  end: str = "any", switch: str = "token", guard: int = 0, cuda_graphs: bool = False):
     """Adapter files -> a `decode_fn(model, mel, tokenizer, options, audio_features=None)` for
@@ -416,16 +430,8 @@ def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das
     "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead.
     cuda_graphs=True, with the model on a GPU: ADML, or routing, replays its steps from CUDA
     graphs (cuda_graphs.GraphedDecoder: the same tokens, a fraction of the launches)."""
-    import os
-
-    import lora  # only here: adml itself works on any Adapter-like objects
-
     tau = check_options(tau, strategy, end, switch, guard)
-    real = [os.path.realpath(p) for p in paths]
-    dupes = sorted({p for p, r in zip(paths, real) if real.count(r) > 1})
-    if dupes:
-        raise ValueError(f"duplicate adapters: {', '.join(dupes)} given more than once")
-    stack = stack_adapters([lora.load_adapter(p, model) for p in paths], model)
+    stack = load_stack(model, paths)
     if single not in ("lora", "adml"):
         raise ValueError(f"single must be 'lora' or 'adml', not {single!r}")
     if stack.k == 1 and single == "lora":

@@ -81,14 +81,12 @@ class Scorer:
         """`--strategy route` at τ, from one decode of every stream per window for these adapters
         (adml_route.StreamMemo): a τ sweep or the tune stage's routing step decodes once, not per τ."""
         import adml
-        import lora
         from adml_route import StreamMemo
 
         tau = adml.check_options(tau, "route", "any")
         key = json.dumps([str(Path(f).resolve()) for f in files])
         if key not in self.streams:
-            adapters = [lora.load_adapter(str(f), self.base) for f in files]  # raises for another base's file
-            self.streams[key] = StreamMemo(adml.stack_adapters(adapters, self.base))
+            self.streams[key] = StreamMemo(adml.load_stack(self.base, [str(f) for f in files]))
         return self.streams[key].decoder(tau)
 
     def score(self, name: str, config: dict, files, rows: list[dict], set_name: str, out: Path) -> dict | None:
