@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import adml  # noqa: E402
 import das  # noqa: E402
-import lora  # noqa: E402
 import whisper_min  # noqa: E402
 
 
@@ -82,7 +81,7 @@ def recording_decoder(model, paths: list[str], tau: float, strategy: str, end: s
     """(decode_fn for whisper_min.transcribe, `log`). Set log["windows"] = [] before each
     clip; each window decoded then adds its list of switches, and log["sampled"] tells
     whether a window was decoded by a sampled retry (its switches are not recorded)."""
-    stack = adml.stack_adapters([lora.load_adapter(p, model) for p in paths], model)
+    stack = adml.load_stack(model, paths)
     names = [Path(p).stem for p in paths]
     log = {"windows": [], "sampled": False}
 
