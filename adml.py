@@ -1,43 +1,35 @@
-"""ADML: auto-regressive decoding with multiple LoRA adapters in one pass (DAS paper, III-B).
+"""ADML's one batched pass: the base model and k LoRA adapters as k + 1 streams of one
+decoder forward (DAS paper, III-B, Eq. 2).
 
-The base model (stream 0) and k domain adapters (streams 1..k) decode one shared token
-sequence. At every step each stream proposes its best next token next_i with confidence
-c_i, its largest softmax probability (Algorithm 1), and `adml_select.select` picks one
-(Eq. 3).
-
-One decoder forward per step serves all k + 1 streams. Their rows are stacked stream-major,
-row s * U + u for stream s and utterance u, so each stream keeps its own self-attention KV
-cache (adapters on query/value change the attention state) and:
+Stream 0 is the base model, streams 1..k the domain adapters. Their rows are stacked
+stream-major, row s * U + u for stream s and utterance u, and each stream keeps its own
+self-attention KV cache (adapters on query/value change the attention state). Then:
 
 - every base weight is applied to all S = k + 1 streams as one matmul, read once per step;
-- the adapters' low-rank deltas are one batched product B(AX) (Eq. 2, `MultiLoRALinear`),
-  which does the k diagonal blocks of blk_diag(B_1..B_k) and none of the zero ones;
-- cross-attention keys/values of the base are computed once per utterance and shared by
-  all streams; an adapter on cross_attn.key/value keeps its delta factored as
-  (audio A_i^T) B_i^T and is folded into the attention scores and outputs
-  (`MultiLoRACrossAttention`), so no stream ever holds a full copy of the keys/values.
+- the adapters' low-rank deltas are one batched product B(AX) (`MultiLoRALinear`), which
+  computes the k diagonal blocks of blk_diag(B_1..B_k) and none of the zero ones;
+- the base's cross-attention keys/values are computed once per utterance and shared by all
+  streams (`MultiLoRACrossAttention`); an adapter on cross_attn.key/value would add its
+  delta in factored form, so no stream holds a copy of the keys/values.
 
-The naive reference is beside it in adml_reference.py: each adapter's own model (base +
-B_i A_i, unmerged or merged) run separately at every step, through the same `run` loop. The
-tests compare the batched path against it.
+`BatchedStreams` gives every stream's next-token logits per step. How they become one
+transcript is decided above this file: decoders/rules.py (a token at a time, Eq. 3) and
+decoders/route.py (one stream's whole transcript, the default).
 
 Letters: k adapters, S = k + 1 streams, U utterances, T tokens, N audio frames, D width,
 H heads, Dh = D / H, V vocabulary, r rank (the largest of the adapters: smaller ranks are
 zero-padded up to it, which changes nothing but costs the padded columns).
 """
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adml_select import (ENDS, STRATEGIES, SWITCHES, base_ends, base_guard,  # noqa: F401 (adml's API)
-                         check_guard, check_options, check_tau, keep_word, select, word_pieces)
-from whisper_min.decoding import DecodingOptions, DecodingResult, LogitFilters, initial_tokens, make_results, pick
+import lora
 from whisper_min.model import KVCache, MultiHeadAttention, Whisper
-from whisper_min.tokenizer import Tokenizer
 
 AUDIO_SIDE = ("cross_attn.key", "cross_attn.value")  # these read the encoder output, not tokens
 
@@ -128,7 +120,8 @@ class MultiLoRALinear(nn.Module):
         SU, T, _ = x.shape
         U = SU // (k + 1)
         xs = x[U:].reshape(k, U * T, -1)  # (k, U*T, in): streams 1..k; stream 0 is the base alone
-        delta = torch.bmm(torch.bmm(xs, self.At), self.Bt)  # (k, U*T, r) -> (k, U*T, out)
+        ax = torch.bmm(xs, self.At)  # (k, U*T, r): A_i x for each stream's rows, no zero blocks
+        delta = torch.bmm(ax, self.Bt)  # (k, U*T, out): B_i (A_i x)
         y[U:] += delta.view(k * U, T, -1)  # (k*U, T, out)
         return y
 
@@ -273,7 +266,7 @@ class BatchedStreams:
 
     def load(self, audio_features: Tensor) -> None:
         """Another window's audio (same U) into the same tensors, overwritten in place, so
-        that what a CUDA graph recorded stays valid (cuda_graphs.py). The KV cache needs no
+        that what a CUDA graph recorded stays valid (decoders/cuda_graphs.py). The KV cache needs no
         reset: a step writes its position before attention reads up to it."""
         if audio_features.shape[0] != self.U:
             raise ValueError(f"{audio_features.shape[0]} windows, but these streams hold {self.U}")
@@ -299,7 +292,7 @@ class BatchedStreams:
     def step(self, token: Tensor, offset: int) -> Tensor:
         """One new token per utterance (U, 1) at `offset` -> next-token logits (S, U, V). With
         k >= 1 the token may also be one per stream and utterance (S*U, 1), stream-major, for
-        streams that keep their own transcripts (adml_route.py)."""
+        streams that keep their own transcripts (decoders/route.py)."""
         if not self.k:
             return self.model.decoder(token, self.cross_kv, self.cache, offset)[None, :, -1]
         return self.model.decoder.project(self._hidden(token, offset)[:, -1]).view(self.S, self.U, -1)
@@ -314,65 +307,11 @@ class BatchedStreams:
         return decoder.ln(x)
 
 
-# ---------------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------------- helpers
 
 
-def run(streams, audio_features: Tensor, tokenizer: Tokenizer, options: DecodingOptions, n_vocab: int,
-        n_text_ctx: int, tau: float, strategy: str, end: str = "any", switch: str = "token",
-        guard: int = 0) -> list[DecodingResult]:
-    """Algorithm 1 for U utterances (`select`, then `base_guard` with guard > 0, `keep_word`
-    with switch="word" and `base_ends` with end="base").
-    `streams` (BatchedStreams, or the reference's SequentialStreams) has `prefill(tokens)`
-    and `step(token, offset)` giving every stream's next-token logits (S, U, V); all the
-    rest is shared, so the two differ only there."""
-    U = audio_features.shape[0]
-    start = initial_tokens(tokenizer, options)
-    sample_begin = len(start)
-    sample_len = options.sample_len or n_text_ctx // 2
-    filters = LogitFilters(tokenizer, options, sample_begin, n_vocab)
-    eot = tokenizer.eot
-
-    tokens = torch.tensor([start] * U, device=audio_features.device)  # (U, T0)
-    logits, base_logits = streams.prefill(tokens)  # (S, U, V), (U, T0, V)
-    S = logits.shape[0]
-    # As in plain decoding: the base's probability of <|nospeech|> right after <|startoftranscript|>.
-    no_speech_probs = base_logits[:, start.index(tokenizer.sot)].softmax(-1)[:, tokenizer.no_speech].tolist()
-    sum_logprobs = torch.zeros(U, device=tokens.device)
-    counts = torch.zeros(U, S, dtype=torch.long, device=tokens.device)
-    rows = torch.arange(U, device=tokens.device)
-    owner = torch.zeros(U, dtype=torch.long, device=tokens.device)  # the stream that chose the last token
-    pieces = word_pieces(tokenizer, n_vocab).to(tokens.device) if switch == "word" else None  # (V,), moved once
-    for _ in range(sample_len):
-        flat = logits.reshape(S * U, -1)  # (S*U, V), stream-major like tokens.repeat(S, 1)
-        filters(flat, tokens.repeat(S, 1))
-        candidates = pick(flat, options.temperature).view(S, U)  # next_i for every stream
-        logprobs = F.log_softmax(flat.float(), dim=-1).view(S, U, -1)  # (S, U, V)
-        conf = logprobs.max(dim=-1).values.exp()  # c_i: the largest softmax probability
-        chosen = select(conf, candidates, tau, strategy)  # (U,)
-        if guard:
-            chosen = base_guard(chosen, candidates, logprobs[0], guard)
-        if pieces is not None:
-            chosen = keep_word(chosen, owner, candidates, pieces)
-        if end == "base":
-            chosen = base_ends(chosen, candidates, eot)
-        next_tokens = candidates[chosen, rows]
-        owner = chosen
-        finished = tokens[:, -1] == eot
-        sum_logprobs += logprobs[chosen, rows, next_tokens] * ~finished
-        counts[rows, chosen] += (~finished & (next_tokens != eot)).long()
-        next_tokens[finished] = eot  # finished rows keep emitting end-of-text
-        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
-        if (tokens[:, -1] == eot).all() or tokens.shape[1] >= n_text_ctx:
-            break
-        logits = streams.step(tokens[:, -1:], tokens.shape[1] - 1)  # (S, U, V)
-
-    out = make_results(tokens, sum_logprobs, no_speech_probs, sample_begin, tokenizer, options.temperature)
-    for r, n in zip(out, counts.tolist()):
-        r.stream_tokens = n
-    return out
-
-
-def _audio_features(model: Whisper, mel: Tensor, audio_features: Tensor | None) -> Tensor:
+def encoder_output(model: Whisper, mel: Tensor, audio_features: Tensor | None) -> Tensor:
+    """The encoder's output for a mel (M, 3000) or a batch (U, M, 3000), unless given."""
     if audio_features is not None:
         return audio_features
     if mel.ndim == 2:
@@ -380,107 +319,11 @@ def _audio_features(model: Whisper, mel: Tensor, audio_features: Tensor | None) 
     return model.embed_audio(mel.to(model.device, model.decoder.token_embedding.weight.dtype))
 
 
-@torch.inference_mode()
-def decode(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
-           audio_features: Tensor | None = None, adapters=(), tau: float = 0.025,
-           strategy: str = "das", end: str = "any", switch: str = "token", guard: int = 0) -> list[DecodingResult]:
-    """`whisper_min.decode` with k adapters decoded alongside the base (batched, one pass).
-
-    adapters: Adapter objects (`.name`, `.deltas`), deltas dicts, or a StackedAdapters made
-    once by `stack_adapters` (saves restacking per window). k = 0 is plain decoding exactly.
-    `stream_tokens` in each result counts the tokens each stream chose (base first). With
-    temperature > 0 each stream samples its candidate and Eq. (3) picks among them by the
-    same confidences; the log-probability summed is the chosen stream's. end="base": only
-    the base may end the transcript (`base_ends`); "any" is Algorithm 1 as written.
-    switch="word": streams change only between words (`keep_word`); "token" is Algorithm 1.
-    guard=k > 0: an adapter's token is taken only if it is among the base's k likeliest
-    (`base_guard`); 0 is Algorithm 1.
-    The model's decoder modules are swapped for the duration and restored, even on error;
-    do not decode with the same model object from two threads at once.
-    """
-    tau = check_options(tau, strategy, end, switch, guard)
-    stack = stack_adapters(adapters, model)
-    features = _audio_features(model, mel, audio_features)
-    with swapped(model, multi_lora_modules(model, stack) if stack.k else {}):
-        streams = BatchedStreams(model, stack.k, features)
-        return run(streams, features, tokenizer, options, model.dims.n_vocab, model.dims.n_text_ctx, tau, strategy,
-                   end, switch, guard)
-
-
 def load_stack(model: Whisper, paths) -> StackedAdapters:
     """Adapter files -> one stack, each file loaded once; ValueError for a file given twice
     (lora.load_adapter raises for a file made for another base model)."""
-    import os
-
-    import lora  # only here: adml itself works on any Adapter-like objects
-
     real = [os.path.realpath(p) for p in paths]
     dupes = sorted({p for p, r in zip(paths, real) if real.count(r) > 1})
     if dupes:
         raise ValueError(f"duplicate adapters: {', '.join(dupes)} given more than once")
     return stack_adapters([lora.load_adapter(p, model) for p in paths], model)
-
-
-def make_decoder(model: Whisper, paths, tau: float = 0.025, strategy: str = "das", single: str = "lora",
-                 end: str = "any", switch: str = "token", guard: int = 0, cuda_graphs: bool = False):
-    """Adapter files -> a `decode_fn(model, mel, tokenizer, options, audio_features=None)` for
-    `whisper_min.transcribe`. Loads each adapter once (lora.load_adapter raises for a file made
-    for another base model); raises ValueError for a file given twice, a bad tau, strategy, end, switch or guard.
-    One file with single="lora" is plain decoding with that adapter merged in (the issue's
-    "one adapter = plain LoRA decoding"); single="adml" runs ADML with k = 1 instead.
-    cuda_graphs=True, with the model on a GPU: ADML, or routing, replays its steps from CUDA
-    graphs (cuda_graphs.GraphedDecoder: the same tokens, a fraction of the launches)."""
-    tau = check_options(tau, strategy, end, switch, guard)
-    stack = load_stack(model, paths)
-    if single not in ("lora", "adml"):
-        raise ValueError(f"single must be 'lora' or 'adml', not {single!r}")
-    if stack.k == 1 and single == "lora":
-        def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
-            return decode_merged(model, mel, tokenizer, options, audio_features, stack)
-    elif cuda_graphs and model.device.type == "cuda":
-        from cuda_graphs import GraphedDecoder  # only here: it builds on this module
-
-        decode_fn = GraphedDecoder(model, stack, tau=tau, strategy=strategy, end=end, switch=switch, guard=guard)
-    elif strategy == "route":  # whole transcripts, one stream each (end, switch and guard are token rules)
-        from adml_route import decode_routed  # only here: it builds on this module
-
-        def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
-            return decode_routed(model, mel, tokenizer, options, audio_features, stack, tau)
-    else:
-        def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
-            return decode(model, mel, tokenizer, options, audio_features, adapters=stack, tau=tau, strategy=strategy,
-                          end=end, switch=switch, guard=guard)
-
-    decode_fn.adapter_names = stack.names
-    return decode_fn
-
-
-@torch.inference_mode()
-def decode_merged(model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions,
-                  audio_features: Tensor | None, stack: StackedAdapters) -> list[DecodingResult]:
-    """Plain greedy decoding with one adapter merged in (W0 + B A, new tensors for the
-    duration; the model's own weights are never written)."""
-    from whisper_min.decoding import decode as plain_decode
-
-    if stack.k != 1:
-        raise ValueError(f"decode_merged takes exactly one adapter, not {stack.k}")
-    merged = {}
-    for name, (A, B) in stack.deltas.items():
-        base = model.get_submodule(name)
-        merged[name] = MergedLinear(base.weight + B[0] @ A[0], base.bias)
-    with swapped(model, merged):
-        results = plain_decode(model, mel, tokenizer, options, audio_features)
-    for r in results:
-        r.stream_tokens = [0, len(r.tokens)]
-    return results
-
-
-class MergedLinear(nn.Module):
-    """One adapter merged into the weight: (W0 + B A) x + b, with new tensors (W0 untouched)."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None):
-        super().__init__()
-        self.weight, self.bias = weight, bias
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)

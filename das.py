@@ -10,19 +10,17 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from adml import ENDS, STRATEGIES, SWITCHES, check_guard, check_tau
+from decoders import ENDS, STRATEGIES, check_tau
 
-# ADML's defaults, chosen on validation speech (RESULTS.md). route: each utterance's whole
-# transcript from one stream (adml_route.py, not the paper's rule), chosen over max-only by the
-# tune stage's rule in the twelfth pass; its τ = 0.01 was kept by the tune stage's routing step
-# (bench/tune.py step 5) in the thirteenth. max-only, the tune stage's choice before, is Eq. (3)
-# without its min-condition; the paper leaves open what that condition picks, and
-# `--strategy das` is our literal reading of it. The rules below apply to token-level selection:
-# end "base": only the base model ends the transcript; `--end any` is Algorithm 1 as written.
-# switch "token": streams may change at any token, as in Algorithm 1; "word": only between words.
-# guard 0: no guard, as in Algorithm 1; k > 0: an adapter's token must be among the base's k likeliest.
-DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END, DEFAULT_SWITCH, DEFAULT_GUARD = 0.01, "route", "base", "token", 0
+# Decoding defaults. route keeps one stream's whole transcript per utterance (decoders/route.py;
+# not the paper's token-level rule): on validation speech it made fewer errors than max-only, in
+# domain and out (RESULTS.md, "τ for routing"), and τ = 0.01 tied best there (a tie goes to the
+# larger τ, which leaves more utterances to the base). The end rule applies to the token-level strategies only: "base" lets only the base
+# model end the transcript, because the adapters, trained on single sentences, ended long real
+# prompts early; "any" is Algorithm 1 as written.
+DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END = 0.01, "route", "base"
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,8 +28,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", default="en", help="spoken language code (multilingual models)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-cuda-graphs", action="store_true",
-                   help="on a GPU, launch every ADML step's kernels one by one instead of replaying CUDA graphs "
-                        "(same tokens, slower; cuda_graphs.py)")
+                   help="on a GPU, launch every decoding step's kernels one by one instead of replaying CUDA graphs "
+                        "(same tokens, slower; decoders/cuda_graphs.py)")
     p.add_argument("--loras", default="", help="comma-separated adapter files (.st) decoded together with ADML")
     p.add_argument("--tau", default=DEFAULT_TAU, type=tau_argument,
                    help=f"ADML confidence threshold τ of Eq. (3), or route's margin in average log-probability, "
@@ -39,28 +37,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES,
                    help="how the streams make one transcript: route (default; one stream's whole transcript per "
                         "utterance, an adapter's when its average log-probability per token beats the base's by τ; "
-                        "not the paper's rule, adml_route.py), max-only (token by token: an adapter's token when it "
+                        "not the paper's rule, decoders/route.py), max-only (token by token: an adapter's token when it "
                         "is surer than the base by τ, else the base's), das (Eq. (3) as written: also the least sure "
                         "stream's token when one is less sure than the base by τ), or an ablation")
     p.add_argument("--end", default=DEFAULT_END, choices=ENDS,
                    help="token-level rules only: which streams may end the transcript: base (default; an adapter's "
                         "end-of-text is never taken, and the base's always is) or any (Algorithm 1 as written)")
-    p.add_argument("--switch", default=DEFAULT_SWITCH, choices=SWITCHES,
-                   help="token-level rules only: where the transcript may change streams: token (any token, as in "
-                        "Algorithm 1) or word "
-                        f"(only between words: the stream that began a word finishes it) (default {DEFAULT_SWITCH})")
-    p.add_argument("--guard", default=DEFAULT_GUARD, type=guard_argument, metavar="K",
-                   help="token-level rules only: take an adapter's token only if it is among the base model's K "
-                        "likeliest tokens; "
-                        f"0 turns the guard off, as in Algorithm 1 (default {DEFAULT_GUARD})")
-
-
-def guard_argument(value: str) -> int:
-    """--guard is checked while parsing, like --tau."""
-    try:
-        return check_guard(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def tau_argument(value: str) -> float:
@@ -133,16 +115,44 @@ def cmd_transcribe(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_eval(args) -> int:
+    """`das.py eval`: WER and RTF of the model, with --loras or without, on each manifest."""
+    from evaluation.evaluate import evaluate, transcriber, write_results
+    from whisper_min import DecodingOptions, get_tokenizer, load_model
+
+    names = args.name or [p.parent.name or p.stem for p in args.data]
+    problems = [f"{len(names)} --name labels for {len(args.data)} --data files"] if len(names) != len(args.data) else []
+    problems += [f"--limit must be >= 1, not {args.limit}"] if args.limit is not None and args.limit < 1 else []
+    problems += [f"no such manifest: {p}" for p in args.data if not p.is_file()]
+    if problems:
+        print(f"das eval: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model, device=args.device)
+        tokenizer = get_tokenizer(args.model, language=args.language)
+        decode_fn = load_decoder(args, model)
+    except (OSError, ValueError) as e:
+        print(f"das eval: {e}", file=sys.stderr)
+        return 2
+    # Test utterances are short requests, decoded as the adapters were trained: no timestamps.
+    options = DecodingOptions(language=args.language, without_timestamps=True)
+    results = evaluate(args.data, names, transcriber(model, tokenizer, options, decode_fn), args.limit)
+    config = {"model": str(args.model), "loras": [p for p in args.loras.split(",") if p.strip()],
+              "tau": float(args.tau), "strategy": args.strategy, "end": args.end, "device": args.device}
+    write_results(results, config, args.json)
+    return 1 if any(r["skipped"] for r in results) else 0
+
+
 def load_decoder(args, model):
     """The window decoder: plain greedy without --loras, ADML with them."""
-    import adml
+    from decoders import make_decoder
     from whisper_min import decode
 
     paths = [p.strip() for p in args.loras.split(",") if p.strip()]
     if not paths:
         return decode
-    return adml.make_decoder(model, paths, tau=args.tau, strategy=args.strategy, end=args.end, switch=args.switch,
-                             guard=args.guard, cuda_graphs=not args.no_cuda_graphs)
+    return make_decoder(model, paths, tau=args.tau, strategy=args.strategy, end=args.end,
+                        cuda_graphs=not args.no_cuda_graphs)
 
 
 def main(argv=None) -> int:
@@ -159,9 +169,14 @@ def main(argv=None) -> int:
     p = sub.add_parser("generate", help="generate synthetic in-domain speech (LLM text + TTS)")
     _lazy(p, "datagen.generate")
     p = sub.add_parser("train", help="train a LoRA adapter (or a baseline) on a manifest")
-    _lazy(p, "train")
+    _lazy(p, "training.train")
     p = sub.add_parser("eval", help="word error rate and real-time factor on test manifests")
-    _lazy(p, "evaluate")
+    add_model_arguments(p)
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="test manifest.jsonl files, one per test set")
+    p.add_argument("--name", nargs="+", default=None, help="a label per --data file (default: the manifest's folder)")
+    p.add_argument("--json", type=Path, help="write results with per-utterance details here (default: a JSON line)")
+    p.add_argument("--limit", type=int, help="score only the first N utterances of each test set")
+    p.set_defaults(run=cmd_eval)
 
     args = parser.parse_args(argv)
     return args.run(args)

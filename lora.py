@@ -31,6 +31,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from whisper_min.load import hf_name
+
 FORMAT = "das-lora"
 FORMAT_VERSION = 1
 # Module names relative to each decoder block (`decoder.blocks.{i}.` + target).
@@ -85,7 +87,7 @@ class LoRALinear(nn.Module):
         A0, B0 = self.pissa_A0.float(), self.pissa_B0.float()
         return torch.cat([A, -self.scale * A0]), torch.cat([B, B0], dim=1)  # (2r, in), (out, 2r)
 
-    def extra_repr(self) -> str:
+    def extra_repr(self) -> str:  # what print(model) shows for the layer
         return f"r={self.r}, alpha={self.alpha}, scale={self.scale:.4g}, pissa={self.pissa_A0 is not None}"
 
 
@@ -127,22 +129,16 @@ def set_pissa_start(layer: LoRALinear, A0: Tensor, B0: Tensor, W0: Tensor) -> No
 INITS = {"pissa": init_pissa, "standard": init_standard}
 
 
-def target_names(model: nn.Module, targets=DEFAULT_TARGETS) -> list[str]:
-    """Qualified names of the decoder Linears the targets name, in model order."""
+def add_lora(model: nn.Module, targets=DEFAULT_TARGETS, r: int = 32, alpha: float = 64, rslora: bool = True,
+             init=init_pissa, generator: torch.Generator | None = None) -> list[str]:
+    """Replace each targeted decoder Linear (`targets` relative to a decoder block) by a
+    `LoRALinear` around it, initialised by `init` (`init_pissa` or `init_standard`).
+    Returns the wrapped modules' names, in model order."""
     names = [f"decoder.blocks.{i}.{t}" for i in range(len(model.decoder.blocks)) for t in targets]
-    modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
+    missing = [n for n in names if n not in dict(model.named_modules())]
     if missing:
         raise ValueError(f"LoRA targets {list(targets)} name no module at {missing[:3]} "
                          "(targets are relative to a decoder block, e.g. 'attn.query', 'cross_attn.value', 'mlp.0')")
-    return names
-
-
-def add_lora(model: nn.Module, targets=DEFAULT_TARGETS, r: int = 32, alpha: float = 64, rslora: bool = True,
-             init=init_pissa, generator: torch.Generator | None = None) -> list[str]:
-    """Replace each targeted decoder Linear by a `LoRALinear` around it, initialised by `init`
-    (`init_pissa` or `init_standard`). Returns the wrapped modules' names."""
-    names = target_names(model, targets)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -164,24 +160,6 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 def mark_only_lora_trainable(model: nn.Module) -> None:
     for name, p in model.named_parameters():
         p.requires_grad = name.endswith(("lora_A", "lora_B"))
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """{'lora': adapter parameters, 'base': everything else, 'trainable': requires_grad}."""
-    lora = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("lora_A", "lora_B")))
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"lora": lora, "base": total - lora, "trainable": trainable}
-
-
-def merge_lora(model: nn.Module) -> None:
-    for layer in lora_layers(model).values():
-        layer.merge()
-
-
-def unmerge_lora(model: nn.Module) -> None:
-    for layer in lora_layers(model).values():
-        layer.unmerge()
 
 
 # --- adapter files -------------------------------------------------------------------------
@@ -256,8 +234,7 @@ def read_header(path: Path) -> dict:
             raise AdapterError(f"{path}: truncated ({size} bytes; not even a safetensors header)")
         (n,) = struct.unpack("<Q", head)
         if 8 + n > size:
-            raise AdapterError(f"{path}: truncated ({size} bytes, the header alone needs {8 + n}) "
-                               "or not a safetensors file")
+            raise AdapterError(f"{path}: truncated ({size} bytes, the header needs {8 + n}) or not safetensors")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -326,8 +303,6 @@ def export_peft(adapter: Adapter, out_dir: str | Path, base_model_name: str = "o
     """Write `adapter_config.json` + `adapter_model.safetensors` as peft saves a LoRA on a
     transformers WhisperForConditionalGeneration. The deltas already hold the scale, so the
     config sets lora_alpha = r without rsLoRA: peft's scale alpha / r is then exactly 1."""
-    from whisper_min.load import hf_name
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ranks = {A.shape[0] for A, _ in adapter.deltas.values()}
@@ -351,8 +326,6 @@ def export_peft(adapter: Adapter, out_dir: str | Path, base_model_name: str = "o
 
 def import_peft(in_dir: str | Path, model: nn.Module, name: str = "") -> Adapter:
     """Read a peft LoRA directory (any r, alpha, rsLoRA) into an `Adapter` for `model`."""
-    from whisper_min.load import hf_name
-
     in_dir = Path(in_dir)
     config = json.loads((in_dir / "adapter_config.json").read_text())
     if config.get("peft_type") != "LORA":

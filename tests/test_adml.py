@@ -1,7 +1,6 @@
 """ADML: the batched one-pass decoder against the naive per-adapter models, at three levels
 (logits within a stated fp32 tolerance, token ids equal, text equal). The selection rule's
-branches are in test_adml_select.py, and the end, switch and guard rules on scripted streams
-in test_adml_rules.py.
+branches, and the end rule on scripted streams, are in test_rules.py.
 
 Fast tests use a tiny random Whisper with the real multilingual tokenizer; the slow ones
 use the embedded base weights on pocketsphinx speech.
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 import adml
-import adml_reference
+from decoders import reference, rules
 import whisper_min
 from whisper_min.decoding import DecodingOptions, decode
 from whisper_min.model import ModelDimensions, Whisper
@@ -81,7 +80,7 @@ OPTIONS = DecodingOptions(sample_len=12)
 
 def merged_logits(model, deltas, audio, tokens):
     """A stand-alone model with B A merged into W0, teacher-forced, no cache: (U, T, V)."""
-    with adml.swapped(model, adml_reference.one_adapter_modules(model, deltas, merged=True)), torch.no_grad():
+    with adml.swapped(model, reference.one_adapter_modules(model, deltas, merged=True)), torch.no_grad():
         return model.logits(tokens, audio)
 
 
@@ -119,7 +118,7 @@ def test_sequential_reference_logits_equal_merged(tiny, tokenizer):
     audio = tiny_features(U=1)
     tokens = torch.tensor([list(tokenizer.sot_sequence)])
     with torch.no_grad():
-        ref, _ = adml_reference.SequentialStreams(tiny, adapters, audio).prefill(tokens)  # (S, U, V)
+        ref, _ = reference.SequentialStreams(tiny, adapters, audio).prefill(tokens)  # (S, U, V)
     for s, a in enumerate([None] + adapters):
         want = merged_logits(tiny, a.deltas if a else {}, audio, tokens)
         torch.testing.assert_close(ref[s], want[:, -1], atol=LOGIT_ATOL, rtol=LOGIT_RTOL)
@@ -170,20 +169,20 @@ def test_k0_is_plain_greedy_decoding_exactly(tiny, tokenizer):
     audio = tiny_features(U=2)
     for options in (OPTIONS, DecodingOptions(sample_len=12, without_timestamps=True)):
         want = decode(tiny, None, tokenizer, options, audio_features=audio)
-        got = adml.decode(tiny, None, tokenizer, options, audio_features=audio, adapters=[])
+        got = rules.decode(tiny, None, tokenizer, options, audio_features=audio, adapters=[])
         for w, g in zip(want, got):
             assert (g.tokens, g.text, g.avg_logprob, g.no_speech_prob) == (w.tokens, w.text, w.avg_logprob,
                                                                           w.no_speech_prob)
             assert g.stream_tokens == [len(g.tokens)]
 
 
-@pytest.mark.parametrize("strategy", [s for s in adml.STRATEGIES if s != "route"])  # route: test_adml_route.py
+@pytest.mark.parametrize("strategy", [s for s in rules.STRATEGIES if s != "route"])  # route: test_route.py
 def test_batched_equals_sequential_tokens_and_text(tiny, tokenizer, strategy):
     adapters = tiny_adapters(tiny)
     audio = tiny_features(U=2)
-    got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, strategy=strategy)
+    got = rules.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, strategy=strategy)
     for merged in (False, True):
-        ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
+        ref = reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
                                      strategy=strategy, merged=merged)
         assert [r.tokens for r in got] == [r.tokens for r in ref]
         assert [r.text for r in got] == [r.text for r in ref]
@@ -194,31 +193,27 @@ def test_batched_equals_sequential_tokens_and_text(tiny, tokenizer, strategy):
         assert any(sum(r.stream_tokens[1:]) > 0 for r in got)
 
 
-@pytest.mark.parametrize("rule", [{"end": "base"}, {"switch": "word"}, {"guard": 10}])
-def test_end_switch_and_guard_rules_batched_equal_sequential(tiny, tokenizer, rule):
+def test_end_rule_batched_equals_sequential(tiny, tokenizer):
     adapters, audio = tiny_adapters(tiny), tiny_features(U=2)
-    got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0, **rule)
-    ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
-                                           tau=0.0, **rule)
+    got = rules.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0, end="base")
+    ref = reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters,
+                                      tau=0.0, end="base")
     assert [r.tokens for r in got] == [r.tokens for r in ref] and [r.text for r in got] == [r.text for r in ref]
     assert [r.stream_tokens for r in got] == [r.stream_tokens for r in ref]
     assert any(sum(r.stream_tokens[1:]) > 0 for r in got)  # the adapters still chose words
-    if "guard" in rule:  # and the guard did turn some of their tokens down
-        free = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters, tau=0.0)
-        assert [r.stream_tokens for r in free] != [r.stream_tokens for r in got]
 
 
 def test_tau_above_one_gives_the_base_transcript(tiny, tokenizer):
     audio = tiny_features(U=2)
     want = decode(tiny, None, tokenizer, OPTIONS, audio_features=audio)
-    got = adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=tiny_adapters(tiny), tau=1.01)
+    got = rules.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=tiny_adapters(tiny), tau=1.01)
     assert [r.tokens for r in got] == [r.tokens for r in want]
     assert all(r.stream_tokens[1:] == [0, 0, 0] for r in got)
 
 
 def test_the_model_is_restored(tiny, tokenizer):
     before = dict(tiny.named_modules())
-    adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=tiny_features(U=1), adapters=tiny_adapters(tiny))
+    rules.decode(tiny, None, tokenizer, OPTIONS, audio_features=tiny_features(U=1), adapters=tiny_adapters(tiny))
     with pytest.raises(ZeroDivisionError):
         with adml.swapped(tiny, adml.multi_lora_modules(tiny, adml.stack_adapters(tiny_adapters(tiny), tiny))):
             1 / 0
@@ -229,7 +224,7 @@ def test_the_model_is_restored(tiny, tokenizer):
 def test_sampling_runs_and_counts(tiny, tokenizer):
     torch.manual_seed(0)
     options = DecodingOptions(sample_len=8, temperature=0.7)
-    r = adml.decode(tiny, None, tokenizer, options, audio_features=tiny_features(U=1), adapters=tiny_adapters(tiny))
+    r = rules.decode(tiny, None, tokenizer, options, audio_features=tiny_features(U=1), adapters=tiny_adapters(tiny))
     assert sum(r[0].stream_tokens) == len(r[0].tokens) and r[0].temperature == 0.7
 
 
@@ -240,7 +235,7 @@ def test_errors(tiny, tokenizer):
     audio = tiny_features(U=1)
     a = random_adapter(tiny, 4, seed=1, name="music")
     with pytest.raises(ValueError, match="duplicate adapters: music"):
-        adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a, a])
+        rules.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a, a])
     other = {"decoder.blocks.0.attn.query": (torch.zeros(4, 512), torch.zeros(512, 4))}  # a base-sized delta
     with pytest.raises(ValueError, match="another base model"):
         adml.stack_adapters([other], tiny)
@@ -250,16 +245,12 @@ def test_errors(tiny, tokenizer):
         adml.stack_adapters([{"decoder.blocks.9.attn.query": (torch.zeros(4, 64), torch.zeros(64, 4))}], tiny)
     for bad in (-0.1, float("nan"), "abc", None):
         with pytest.raises(ValueError, match="tau must be"):
-            adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], tau=bad)
+            rules.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], tau=bad)
     with pytest.raises(ValueError, match="strategy must be one of"):
-        adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], strategy="vote")
+        rules.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], strategy="vote")
     with pytest.raises(ValueError, match="end must be one of any, base"):
-        adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], end="adapter")
-    for bad in (-1, 2.5, True):
-        with pytest.raises(ValueError, match="guard must be a whole number"):
-            adml.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], guard=bad)
-    assert adml.check_tau("0.1") == 0.1 and adml.check_tau(float("inf")) == float("inf")
-    assert adml.check_guard("10") == 10 and adml.check_guard(0) == 0
+        rules.decode(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=[a], end="adapter")
+    assert rules.check_tau("0.1") == 0.1 and rules.check_tau(float("inf")) == float("inf")
 
 
 # ---------------------------------------------------------------------------- real weights, real speech
@@ -287,8 +278,8 @@ def base_adapters(model, k: int = 3):
 def test_real_speech_batched_equals_sequential(base_model, base_tokenizer, base_features):
     adapters = base_adapters(base_model)
     options = DecodingOptions(without_timestamps=True)
-    got = adml.decode(base_model, None, base_tokenizer, options, audio_features=base_features, adapters=adapters)
-    ref = adml_reference.decode_sequential(base_model, None, base_tokenizer, options, audio_features=base_features,
+    got = rules.decode(base_model, None, base_tokenizer, options, audio_features=base_features, adapters=adapters)
+    ref = reference.decode_sequential(base_model, None, base_tokenizer, options, audio_features=base_features,
                                  adapters=adapters)
     assert [r.tokens for r in got] == [r.tokens for r in ref]
     assert [r.text for r in got] == [r.text for r in ref]
@@ -301,9 +292,9 @@ def test_real_speech_batched_equals_sequential(base_model, base_tokenizer, base_
 def test_real_speech_k0_and_tau_above_one_are_the_base(base_model, base_tokenizer, base_features):
     options = DecodingOptions()  # with timestamps, as long-form transcription decodes
     plain = decode(base_model, None, base_tokenizer, options, audio_features=base_features)
-    k0 = adml.decode(base_model, None, base_tokenizer, options, audio_features=base_features)
+    k0 = rules.decode(base_model, None, base_tokenizer, options, audio_features=base_features)
     assert [(r.tokens, r.avg_logprob) for r in k0] == [(p.tokens, p.avg_logprob) for p in plain]
-    high = adml.decode(base_model, None, base_tokenizer, options, audio_features=base_features,
+    high = rules.decode(base_model, None, base_tokenizer, options, audio_features=base_features,
                        adapters=base_adapters(base_model), tau=1.5)
     assert [r.text for r in high] == [p.text for p in plain]
 
@@ -314,7 +305,7 @@ def test_real_speech_logits_equal_merged_models(base_model, base_tokenizer, base
     adapters = base_adapters(base_model, k=2)
     audio = base_features[:1]
     options = DecodingOptions(without_timestamps=True)
-    result = adml.decode(base_model, None, base_tokenizer, options, audio_features=audio, adapters=adapters)[0]
+    result = rules.decode(base_model, None, base_tokenizer, options, audio_features=audio, adapters=adapters)[0]
     start = list(base_tokenizer.sot_sequence) + [base_tokenizer.no_timestamps]
     tokens = torch.tensor([start + result.tokens])
     T0 = len(start)
@@ -322,50 +313,3 @@ def test_real_speech_logits_equal_merged_models(base_model, base_tokenizer, base
     for s, a in enumerate([None] + adapters):
         want = merged_logits(base_model, a.deltas if a else {}, audio, tokens)[:, T0 - 1 :]
         torch.testing.assert_close(batched[s], want, atol=REAL_ATOL, rtol=LOGIT_RTOL, msg=f"stream {s}")
-
-
-# ---------------------------------------------------------------------------- adapter files (lora.py)
-
-
-def adapter_files(model, folder, domains=("music", "sports")) -> list:
-    """Real adapter files (lora.save_adapter) for the tiny model, one per domain."""
-    import copy
-
-    import lora
-
-    paths = []
-    for i, domain in enumerate(domains):
-        trained = copy.deepcopy(model)
-        lora.add_lora(trained, r=4, generator=torch.Generator().manual_seed(i))
-        for layer in lora.lora_layers(trained).values():  # stand-in for training: move off the init
-            layer.lora_B.data.normal_(std=0.5, generator=torch.Generator().manual_seed(i))
-        paths.append(lora.save_adapter(trained, folder / f"{domain}.st", domain=domain, base_model="tiny-random"))
-    return paths
-
-
-def test_make_decoder_on_adapter_files(tiny, tokenizer, tmp_path):
-    import copy
-
-    import lora
-
-    paths = adapter_files(tiny, tmp_path)
-    decode_fn = adml.make_decoder(tiny, [str(p) for p in paths], tau=0.025, strategy="das")
-    assert decode_fn.adapter_names == ["music", "sports"]
-    audio = tiny_features(U=1)
-    got = decode_fn(tiny, None, tokenizer, OPTIONS, audio_features=audio)
-    adapters = [lora.load_adapter(p, tiny) for p in paths]
-    ref = adml_reference.decode_sequential(tiny, None, tokenizer, OPTIONS, audio_features=audio, adapters=adapters)
-    assert [r.tokens for r in got] == [r.tokens for r in ref] and len(got[0].stream_tokens) == 3
-    # one adapter: plain decoding of base + that adapter (merged), as the CLI's --loras x.st
-    one = adml.make_decoder(tiny, [str(paths[0])])(tiny, None, tokenizer, OPTIONS, audio_features=audio)
-    with adml.swapped(tiny, adml_reference.one_adapter_modules(tiny, adapters[0].deltas, merged=True)):
-        alone = decode(tiny, None, tokenizer, OPTIONS, audio_features=audio)
-    assert one[0].tokens == alone[0].tokens and one[0].stream_tokens == [0, len(alone[0].tokens)]
-    with pytest.raises(ValueError, match="duplicate adapters"):
-        adml.make_decoder(tiny, [str(paths[0]), str(paths[0])])
-    with pytest.raises(ValueError, match="tau must be"):
-        adml.make_decoder(tiny, [str(paths[0])], tau=-1)
-    other = copy.deepcopy(tiny)
-    torch.nn.init.normal_(other.decoder.ln.weight)
-    with pytest.raises(lora.AdapterError, match="different base model"):
-        adml.make_decoder(other, [str(paths[0])])

@@ -1,15 +1,15 @@
-"""cuda_graphs.GraphedDecoder keeps its buffers from window to window. On the CPU it runs
-eagerly through the same objects, so these tests check what the graphs rely on: windows
+"""decoders/cuda_graphs.GraphedDecoder keeps its buffers from window to window. On the CPU it
+runs eagerly through the same objects, so these tests check what the graphs rely on: windows
 decoded one after another through reused, overwritten tensors give exactly what a fresh
-adml.decode gives each window. The graphs themselves need a GPU: `bench/adml.py
---cuda-graphs` compares their token ids with eager decoding there (RESULTS.md, Table VI)."""
+decode gives each window. The graphs themselves need a GPU: `bench/table6.py --cuda-graphs`
+compares their token ids with eager decoding there (RESULTS.md, Table VI)."""
 
 import pytest
 import torch
 
 import adml
-import adml_route
-from cuda_graphs import GraphedDecoder
+from decoders import route, rules
+from decoders.cuda_graphs import GraphedDecoder
 from test_adml import OPTIONS, tiny, tiny_adapters, tiny_features, tokenizer  # noqa: F401 (fixtures)
 from whisper_min.decoding import DecodingOptions, decode
 
@@ -20,16 +20,16 @@ def same(got, want):
 
 
 def fresh(tiny, tokenizer, options, audio, adapters, rule):
-    """What a fresh decode gives: adml.decode, or adml_route's one pass for routing."""
+    """What a fresh decode gives: rules.decode, or route's one pass for routing."""
     if rule.get("strategy") == "route":
         stack = adml.stack_adapters(adapters, tiny)
-        return adml_route.decode_routed(tiny, None, tokenizer, options, audio, stack, rule["tau"])
-    return adml.decode(tiny, None, tokenizer, options, audio_features=audio, adapters=adapters, **rule)
+        return route.decode_routed(tiny, None, tokenizer, options, audio, stack, rule["tau"])
+    return rules.decode(tiny, None, tokenizer, options, audio_features=audio, adapters=adapters, **rule)
 
 
 @pytest.mark.parametrize("rule", [{}, {"strategy": "max-only", "tau": 0.01, "end": "base"},
                                   {"strategy": "route", "tau": 0.0}])
-def test_windows_through_reused_buffers_equal_fresh_adml_decodes(tiny, tokenizer, rule):
+def test_windows_through_reused_buffers_equal_fresh_decodes(tiny, tokenizer, rule):
     adapters = tiny_adapters(tiny)
     decode_fn = GraphedDecoder(tiny, adapters, **rule)
     assert not decode_fn.graphs  # a CPU model: eager

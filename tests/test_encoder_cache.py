@@ -1,11 +1,10 @@
-"""encoder_cache: training features are what transcribe feeds the encoder; the evaluation memo is exact."""
+"""training/encoder_cache.py: the cached training features are what transcribe feeds the encoder."""
 import numpy as np
 import soundfile as sf
 import torch
 
 import whisper_min
-from encoder_cache import EncoderMemo, load_mel
-from whisper_min.decoding import DecodingOptions, decode
+from training.encoder_cache import load_mel
 from whisper_min.model import ModelDimensions, Whisper
 
 DIMS = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
@@ -30,20 +29,3 @@ def test_load_mel_is_transcribes_first_window(tmp_path):
     assert torch.equal(seen[0], load_mel(tmp_path / "a.wav", 80))
     # The padding frames are zeros, as transcribe's pad_or_trim makes them, not the log-mel of silence.
     assert (seen[0][:, 301:] == 0).all()
-
-
-def test_memo_is_bit_identical_and_runs_the_encoder_once(tmp_path):
-    torch.manual_seed(0)
-    model = Whisper(DIMS).eval()
-    tok = whisper_min.get_tokenizer("tiny.en")
-    mel = torch.randn(2, 80, 3000)
-    options = DecodingOptions(language="en", without_timestamps=True, sample_len=8)
-    with torch.inference_mode():
-        plain = decode(model, mel, tok, options)
-        model.embed_audio = memo = EncoderMemo(model, tmp_path)
-        first, second = decode(model, mel, tok, options), decode(model, mel, tok, options)
-        other = EncoderMemo(model, tmp_path)  # a new process finds the files
-        third = other(mel)
-    assert [r.tokens for r in plain] == [r.tokens for r in first] == [r.tokens for r in second]
-    assert (memo.misses, memo.hits) == (2, 2) and other.hits == 2
-    torch.testing.assert_close(third, memo.embed(mel), rtol=0, atol=0)

@@ -6,8 +6,8 @@ import json
 import pytest
 
 import das
-from evaluate import WordErrors, word_errors, wer
-from normalize import normalize
+from evaluation.evaluate import WordErrors, word_errors, wer
+from evaluation.normalize import normalize
 
 POCKETSPHINX_LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
 

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import lora
+from training.methods import count_parameters
 from whisper_min.model import ModelDimensions, Whisper
 
 TINY = ModelDimensions(n_mels=80, n_audio_ctx=16, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
@@ -105,15 +106,18 @@ def test_merge_and_unmerge_are_safe_twice():
     tokens, features = inputs()
     weights = {n: l.base.weight.clone() for n, l in lora.lora_layers(model).items()}
     expected = model.logits(tokens, features)
-    lora.merge_lora(model)
+    for layer in lora.lora_layers(model).values():
+        layer.merge()
     merged = {n: l.base.weight.clone() for n, l in lora.lora_layers(model).items()}
-    lora.merge_lora(model)  # second merge: nothing changes
+    for layer in lora.lora_layers(model).values():
+        layer.merge()  # second merge: nothing changes
     for n, l in lora.lora_layers(model).items():
         assert torch.equal(l.base.weight, merged[n])
         assert not torch.allclose(merged[n], weights[n])
     torch.testing.assert_close(model.logits(tokens, features), expected, atol=1e-4, rtol=0)
-    lora.unmerge_lora(model)
-    lora.unmerge_lora(model)
+    for layer in lora.lora_layers(model).values():
+        layer.unmerge()
+        layer.unmerge()  # safe twice
     for n, l in lora.lora_layers(model).items():
         torch.testing.assert_close(l.base.weight, weights[n], atol=1e-6, rtol=0)
     torch.testing.assert_close(model.logits(tokens, features), expected, atol=1e-4, rtol=0)
@@ -144,7 +148,7 @@ def test_parameter_counts_are_exact():
     lora.add_lora(model, r=4, alpha=8)
     lora.mark_only_lora_trainable(model)
     expected = 2 * 4 * (4 * (32 + 32))  # layers * targets * r * (in + out)
-    assert lora.count_parameters(model) == {"lora": expected, "base": base, "trainable": expected}
+    assert count_parameters(model) == {"lora": expected, "base": base, "trainable": expected}
 
 
 def test_paper_configuration_on_whisper_base_adds_about_one_percent():
@@ -153,7 +157,7 @@ def test_paper_configuration_on_whisper_base_adds_about_one_percent():
     with torch.device("meta"):
         model = Whisper(base_dims)
         lora.add_lora(model, init=lambda layer, generator=None: None)  # r=32, alpha=64, q+v self+cross
-    counts = lora.count_parameters(model)
+    counts = count_parameters(model)
     assert counts["base"] == 71_825_920
     assert counts["lora"] == 6 * 4 * 32 * (512 + 512) == 786_432
     assert 100 * counts["lora"] / counts["base"] == pytest.approx(1.095, abs=0.001)  # the paper says "around 1.2%"

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import adml
+import decoders
 import das as cli
 import lora
 import whisper_min
-from evaluate import word_errors
-from normalize import normalize
+from evaluation.evaluate import word_errors
+from evaluation.normalize import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTERS = [ROOT / "adapters" / f"{d}.st" for d in ("music", "weather", "sports")]
@@ -41,9 +41,8 @@ def test_adapters_load_for_the_shipped_base(base):
 def test_das_moves_examples_toward_their_references(base):
     tokenizer = whisper_min.get_tokenizer("base", language="en")
     options = whisper_min.DecodingOptions(language="en", without_timestamps=True)
-    das_decode = adml.make_decoder(base, [str(p) for p in ADAPTERS], tau=cli.DEFAULT_TAU,
-                                   strategy=cli.DEFAULT_STRATEGY, end=cli.DEFAULT_END,
-                                   switch=cli.DEFAULT_SWITCH)  # what `das.py transcribe` runs
+    das_decode = decoders.make_decoder(base, [str(p) for p in ADAPTERS], tau=cli.DEFAULT_TAU,
+                                       strategy=cli.DEFAULT_STRATEGY, end=cli.DEFAULT_END)  # what `das.py transcribe` runs
     errors = {}
     for clip, ref in references().items():
         audio = whisper_min.load_audio(str(clip))

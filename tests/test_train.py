@@ -20,8 +20,7 @@ import torch
 from safetensors import safe_open
 
 import lora
-import replay
-import train
+from training import data, loop, methods, replay, train
 from whisper_min import resolve_model
 from whisper_min.load import save_model_dir
 from whisper_min.model import AudioEncoder, ModelDimensions, Whisper
@@ -98,26 +97,26 @@ def same(a: torch.Tensor, b: torch.Tensor):
 
 
 def test_labels_cover_only_text_and_end_of_text():
-    utts = [train.Utterance(Path("a"), "", [1, 2, 3, 10, 11, 99], 0),
-            train.Utterance(Path("b"), "", [1, 2, 3, 12, 99], 0)]
-    inputs, labels = train.collate(utts, n_prompt=3, eot=99)
+    utts = [data.Utterance(Path("a"), "", [1, 2, 3, 10, 11, 99], 0),
+            data.Utterance(Path("b"), "", [1, 2, 3, 12, 99], 0)]
+    inputs, labels = data.collate(utts, n_prompt=3, eot=99)
     assert inputs.tolist() == [[1, 2, 3, 10, 11], [1, 2, 3, 12, 99]]
     assert labels.tolist() == [[-100, -100, 10, 11, 99], [-100, -100, 12, 99, -100]]
 
 
 def test_each_batch_draws_equally_from_each_domain():
-    batches = train.schedule([10, 4, 7], batch=16, steps=30, seed=0)
+    batches = data.schedule([10, 4, 7], batch=16, steps=30, seed=0)
     per_domain = np.array([[sum(d == k for d, _ in b) for k in range(3)] for b in batches])  # (steps, domains)
     assert (per_domain.sum(1) == 16).all() and (per_domain.min(1) >= 5).all()
     assert (per_domain[:30].sum(0) == 160).all()  # remainders rotate: equal over every 3 steps
     # one domain: every epoch is a permutation of the data
-    single = [i for b in train.schedule([8], batch=4, steps=4, seed=1) for _, i in b]
+    single = [i for b in data.schedule([8], batch=4, steps=4, seed=1) for _, i in b]
     assert sorted(single[:8]) == list(range(8)) and sorted(single[8:]) == list(range(8))
-    assert train.schedule([8], 4, 4, seed=1) == train.schedule([8], 4, 4, seed=1)
+    assert data.schedule([8], 4, 4, seed=1) == data.schedule([8], 4, 4, seed=1)
 
 
 def test_learning_rate_warms_up_linearly_then_decays():
-    lrs = [train.lr_at(s, total=100, peak=3e-6, warmup=0.1) for s in range(100)]
+    lrs = [data.lr_at(s, total=100, peak=3e-6, warmup=0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(3e-7) and lrs[9] == pytest.approx(3e-6)
     assert all(a < b for a, b in zip(lrs[:9], lrs[1:10])) and all(a > b for a, b in zip(lrs[10:], lrs[11:]))
 
@@ -179,7 +178,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, model_dir, musi
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, model_dir, music):
     args = ["--epochs", "40"]
     assert run(model_dir, music, tmp_path / "full.st", *args) == 0
-    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(music), "--out", str(tmp_path / "cut.st"),
+    cmd = [sys.executable, str(ROOT / "das.py"), "train", "--data", str(music), "--out", str(tmp_path / "cut.st"),
            "--model", str(model_dir), "--batch-size", "4", "--lr", "1e-2", "--lora-r", "4", "--lora-alpha", "8",
            "--progress-every", "0", "--cache-dir", str(tmp_path / "cache"), *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=ENV)
@@ -219,7 +218,7 @@ def test_full_fine_tunes_save_the_tensors_that_changed(tmp_path, model_dir, musi
     expected = {n for n, _ in base.named_parameters() if n.startswith(tuple(prefixes))}
     assert set(saved) == expected
     assert any(not torch.equal(saved[n], state[n]) for n in saved)
-    train.load_finetune(tmp_path / "ft.st", base)
+    methods.load_finetune(tmp_path / "ft.st", base)
     assert all(torch.equal(base.state_dict()[n], saved[n]) for n in saved)
 
 
@@ -240,12 +239,12 @@ def test_two_processes_train_the_same_adapter_as_one(tmp_path, model_dir, music)
     common = ["--data", str(music), "--model", str(model_dir), "--batch-size", "4", "--lr", "1e-2", "--lora-r", "4",
               "--lora-alpha", "8", "--epochs", "2", "--progress-every", "0", "--cache-dir", str(tmp_path / "cache"),
               "--device", "cpu"]
-    one = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--out", str(tmp_path / "one.st")],
+    one = subprocess.run([sys.executable, str(ROOT / "das.py"), "train", *common, "--out", str(tmp_path / "one.st")],
                          env=ENV, capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                          str(ROOT / "train.py"), *common, "--out", str(tmp_path / "two.st")],
+                          str(ROOT / "das.py"), "train", *common, "--out", str(tmp_path / "two.st")],
                          env=ENV, capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr
     assert "over 2 process(es)" in two.stderr
@@ -276,9 +275,9 @@ def test_val_keeps_the_best_epoch(tmp_path, model_dir, music, capsys):
     # The file really holds that epoch's weights: its validation loss is the logged best.
     lora.apply_adapter(model, adapter)
     tok = get_tokenizer(model_dir)
-    utts = train.read_manifest(sports, tok, DIMS.n_text_ctx, 0)
+    utts = data.read_manifest(sports, tok, DIMS.n_text_ctx, 0)
     n_prompt = len(tok.sot_sequence) + 1
-    assert train.validation_loss(model, utts, None, n_prompt, tok.eot) == pytest.approx(losses[best_step], abs=1e-3)
+    assert loop.validation_loss(model, utts, None, n_prompt, tok.eot) == pytest.approx(losses[best_step], abs=1e-3)
 
 
 def test_replay_kl_is_zero_at_the_teacher_and_sums_over_masked_positions():
@@ -293,16 +292,16 @@ def test_replay_kl_is_zero_at_the_teacher_and_sums_over_masked_positions():
 
 def divergence_from_base(model_dir: Path, adapter: Path, manifest: Path) -> float:
     """Mean per-token KL(base || adapted) on a manifest, teacher-forced on its text."""
-    from encoder_cache import load_mel
+    from training.encoder_cache import load_mel
     from whisper_min import get_tokenizer, load_model
     base, adapted, tok = load_model(model_dir), load_model(model_dir), get_tokenizer(model_dir)
     lora.apply_adapter(adapted, lora.load_adapter(adapter, adapted))
-    utts = train.read_manifest(manifest, tok, DIMS.n_text_ctx, 0)
-    inputs, labels = train.collate(utts, len(tok.sot_sequence) + 1, tok.eot)
+    utts = data.read_manifest(manifest, tok, DIMS.n_text_ctx, 0)
+    inputs, labels = data.collate(utts, len(tok.sot_sequence) + 1, tok.eot)
     mel = torch.stack([load_mel(u.audio, DIMS.n_mels) for u in utts])
     with torch.no_grad():
         logits = [m.logits(inputs, m.embed_audio(mel)) for m in (adapted, base)]
-    return replay.kl_sum(*logits, labels != train.IGNORE).item() / int((labels != train.IGNORE).sum())
+    return replay.kl_sum(*logits, labels != data.IGNORE).item() / int((labels != data.IGNORE).sum())
 
 
 def test_replay_keeps_the_model_close_to_the_base_out_of_domain(tmp_path, model_dir, music, capsys):

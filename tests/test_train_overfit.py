@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 import lora
-import train
+from training import train
 from whisper_min import DecodingOptions, decode, get_tokenizer, load_model
 from whisper_min.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
 

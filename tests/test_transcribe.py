@@ -118,8 +118,3 @@ def test_bad_tau_is_a_clear_error(capsys, real_clips):
 def test_bad_end_is_a_clear_error(capsys, real_clips):
     code, _, err = run_cli(capsys, "--model", "tiny.en", "--end", "adapter", str(real_clips[0][0]))
     assert code == 2 and "--end" in err and "'any', 'base'" in err
-    code, _, err = run_cli(capsys, "--model", "tiny.en", "--switch", "letter", str(real_clips[0][0]))
-    assert code == 2 and "--switch" in err and "'token', 'word'" in err
-    for k in ("-1", "2.5"):
-        code, _, err = run_cli(capsys, "--model", "tiny.en", "--guard", k, str(real_clips[0][0]))
-        assert code == 2 and "--guard" in err and "whole number" in err

@@ -171,7 +171,7 @@ def sample_tokens(logits: Tensor, tokens: Tensor, step, filters: LogitFilters, o
     (B, T0) -> all tokens (B, T) and each row's summed log-probability of what it sampled.
     `step(last (B, 1), offset)` gives the next logits (B, V). A row that ended keeps emitting
     end-of-text, uncounted; the loop stops when every row has ended, at sample_len tokens, or
-    at the context's end. Plain decoding and adml_route's streams share it."""
+    at the context's end. Plain decoding and routing's streams (decoders/route.py) share it."""
     sample_len = options.sample_len or n_text_ctx // 2
     sum_logprobs = torch.zeros(tokens.shape[0], device=tokens.device)
     rows = torch.arange(tokens.shape[0], device=tokens.device)

@@ -1,8 +1,9 @@
 """Replay: keep a domain model close to the base model outside its domain (`train --replay`).
 
-ADML takes an adapter's token wherever that adapter is surer than the base (adml_select.py).
-An adapter trained only on its domain also grows surer outside it: on real speech the
-shipped adapters turned prompts into requests where the base was unsure (RESULTS.md). With
+ADML prefers an adapter wherever that adapter is surer than the base: its whole transcript
+under routing (decoders/route.py), its token under Eq. (3) (decoders/rules.py). An adapter
+trained only on its domain also grows surer outside it: on real speech, adapters trained
+without replay turned prompts into requests where the base was unsure (RESULTS.md). With
 `--replay MANIFEST`, every training step also decodes a batch of out-of-domain utterances
 (teacher-forced on their reference text) and pulls the trained model's next-token
 distribution there toward the frozen base model's:

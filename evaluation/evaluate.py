@@ -5,18 +5,17 @@ on one or more test manifests.
         [--loras adapters/music.st,adapters/weather.st] [--json results.json]
 
 WER is corpus-level: the word edits (substitutions + deletions + insertions) summed over a
-test set, divided by its reference words, after `normalize.normalize` on both sides.
+test set, divided by its reference words, after `normalize` (evaluation/normalize.py) on both sides.
 RTF is transcription time over audio time (audio loading excluded, as in `das.py transcribe`).
 """
 
-import argparse
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from normalize import normalize
+from evaluation.normalize import normalize
 
 
 @dataclass
@@ -157,56 +156,21 @@ def transcriber(model, tokenizer, options, decode_fn, load_audio=None):
     return transcribe_fn
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    import das  # only for the shared model flags; das imports this module lazily, so no cycle
-
-    das.add_model_arguments(p)
-    p.add_argument("--data", nargs="+", required=True, type=Path, help="test manifest.jsonl files, one per test set")
-    p.add_argument("--name", nargs="+", default=None, help="a label per --data file (default: the manifest's folder name)")
-    p.add_argument("--json", default=None, type=Path, help="write results with per-utterance details here (default: one JSON line on stdout)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N utterances of each test set")
+def evaluate(data: list[Path], names: list[str], transcribe_fn, limit: int | None = None) -> list[dict]:
+    """Score every test manifest in `data` (labelled by `names`) with `transcribe_fn`
+    (`transcriber`), at most `limit` utterances each."""
+    return [evaluate_set(read_manifest(path)[:limit], transcribe_fn, name) for path, name in zip(data, names)]
 
 
-def main(args) -> int:
-    import das
-    import whisper_min
-    from whisper_min import DecodingOptions
-
-    names = args.name or [p.parent.name or p.stem for p in args.data]
-    if len(names) != len(args.data):
-        print(f"das eval: {len(names)} --name labels for {len(args.data)} --data files", file=sys.stderr)
-        return 2
-    if args.limit is not None and args.limit < 1:
-        print(f"das eval: --limit must be >= 1, not {args.limit}", file=sys.stderr)
-        return 2
-    missing = [str(p) for p in args.data if not p.is_file()]
-    if missing:
-        print(f"das eval: no such manifest: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    try:
-        model = whisper_min.load_model(args.model, device=args.device)
-        tokenizer = whisper_min.get_tokenizer(args.model, language=args.language)
-        decode_fn = das.load_decoder(args, model)
-    except (OSError, ValueError) as e:
-        print(f"das eval: {e}", file=sys.stderr)
-        return 2
-    # Test utterances are short requests, decoded as the adapters were trained: no timestamps.
-    options = DecodingOptions(language=args.language, without_timestamps=True)
-    transcribe_fn = transcriber(model, tokenizer, options, decode_fn)
-    results = []
-    for path, name in zip(args.data, names):
-        rows = read_manifest(path)[:args.limit]
-        results.append(evaluate_set(rows, transcribe_fn, name))
+def write_results(results: list[dict], config: dict, json_path: Path | None) -> None:
+    """The table on stdout; then the results with per-utterance details into `json_path`
+    (written to a temporary name and renamed, never half a file), or a one-line summary."""
     print(format_table(results), flush=True)
-    config = {"model": str(args.model), "loras": [p for p in args.loras.split(",") if p.strip()],
-              "tau": float(args.tau), "strategy": args.strategy, "end": args.end, "switch": args.switch,
-              "guard": args.guard, "device": args.device}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")  # never a half-written results file
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_path.with_name(json_path.name + ".tmp")
         tmp.write_text(json.dumps({**config, "results": results}, indent=1, ensure_ascii=False) + "\n")
-        tmp.replace(args.json)
+        tmp.replace(json_path)
     else:
         summary = [{k: v for k, v in r.items() if k != "details"} for r in results]
         print(json.dumps({**config, "results": summary}, ensure_ascii=False))
-    return 1 if any(r["skipped"] for r in results) else 0

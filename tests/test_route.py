@@ -1,8 +1,8 @@
-"""Routing (adml_route.py): each utterance's transcript is one stream's whole decode.
+"""Routing (decoders/route.py): each utterance's transcript is one stream's whole decode.
 
 The one-pass form (every stream fed its own tokens through adml's batched decoder) is checked
-against the streams decoded one by one here (the base plainly, each adapter merged in by
-adml_reference) at three levels: logits within test_adml's fp32 tolerance, token ids, text.
+against the streams decoded one by one (decoders/reference.py: the base plainly, each adapter
+merged in) at three levels: logits within test_adml's fp32 tolerance, token ids, text.
 Then the rule that picks a stream. A tiny random Whisper throughout.
 """
 
@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import adml
-import adml_reference
-import adml_route
+import decoders
+from decoders import reference, route, rules
 import lora
-from test_adml import (LOGIT_ATOL, LOGIT_RTOL, OPTIONS, adapter_files, merged_logits, one_thread,  # noqa: F401
+from test_adml import (LOGIT_ATOL, LOGIT_RTOL, OPTIONS, merged_logits, one_thread,  # noqa: F401
                        tiny, tiny_adapters, tiny_features, tokenizer)
+from test_decoders import adapter_files
 from whisper_min.decoding import decode, initial_tokens
 
 
@@ -22,7 +23,7 @@ def each_stream(model, tokenizer, audio, adapters):
     """Every stream's plain greedy decode, base first: [stream][utterance]."""
     out = [decode(model, None, tokenizer, OPTIONS, audio_features=audio)]
     for a in adapters:
-        with adml.swapped(model, adml_reference.one_adapter_modules(model, a.deltas, merged=True)):
+        with adml.swapped(model, reference.one_adapter_modules(model, a.deltas, merged=True)):
             out.append(decode(model, None, tokenizer, OPTIONS, audio_features=audio))
     return out
 
@@ -66,8 +67,8 @@ def test_one_pass_gives_every_streams_plain_decode(tiny, tokenizer):
     audio = tiny_features(U=6, seed=3)
     want = each_stream(tiny, tokenizer, audio, adapters)
     stack = adml.stack_adapters(adapters, tiny)
-    for got in (adml_route.decode_streams(tiny, None, tokenizer, OPTIONS, audio, stack),
-                adml_route.decode_streams_plain(tiny, None, tokenizer, OPTIONS, audio, stack)):
+    for got in (route.decode_streams(tiny, None, tokenizer, OPTIONS, audio, stack),
+                reference.decode_streams_plain(tiny, None, tokenizer, OPTIONS, audio, stack)):
         assert [[r.tokens for r in s] for s in got] == [[r.tokens for r in s] for s in want]
         assert [[r.text for r in s] for s in got] == [[r.text for r in s] for s in want]
         for g, w in zip(got, want):
@@ -85,7 +86,7 @@ def test_each_utterance_takes_the_surest_streams_whole_transcript(tiny, tokenize
     stack = adml.stack_adapters(adapters, tiny)
     for tau in (0.0, 0.05):
         picks = expected(streams, tau)
-        got = adml_route.decode_routed(tiny, None, tokenizer, OPTIONS, audio, stack, tau)
+        got = route.decode_routed(tiny, None, tokenizer, OPTIONS, audio, stack, tau)
         assert [r.tokens for r in got] == [streams[p][u].tokens for u, p in enumerate(picks)]
         assert [r.stream_tokens for r in got] == \
             [[len(r.tokens) if s == p else 0 for s in range(4)] for r, p in zip(got, picks)]
@@ -99,7 +100,7 @@ def test_each_utterance_takes_the_surest_streams_whole_transcript(tiny, tokenize
 def test_a_tau_no_adapter_reaches_gives_plain_decoding(tiny, tokenizer):
     adapters = tiny_adapters(tiny)
     audio = tiny_features(U=3)
-    got = adml_route.decode_routed(tiny, None, tokenizer, OPTIONS, audio, adml.stack_adapters(adapters, tiny), 1e9)
+    got = route.decode_routed(tiny, None, tokenizer, OPTIONS, audio, adml.stack_adapters(adapters, tiny), 1e9)
     plain = decode(tiny, None, tokenizer, OPTIONS, audio_features=audio)
     assert [r.tokens for r in got] == [r.tokens for r in plain]
     assert [r.stream_tokens for r in got] == [[len(r.tokens), 0, 0, 0] for r in plain]
@@ -108,7 +109,7 @@ def test_a_tau_no_adapter_reaches_gives_plain_decoding(tiny, tokenizer):
 def test_one_adapter_of_a_stack_is_that_adapter(tiny):
     adapters = tiny_adapters(tiny, ranks=(4, 8))  # adapter 0 is zero-padded to rank 8 in the stack
     stack = adml.stack_adapters(adapters, tiny)
-    one = adml_route.one_adapter(stack, 0)
+    one = reference.one_adapter(stack, 0)
     assert one.names == [stack.names[0]] and one.k == 1
     for name, (A, B) in adapters[0].deltas.items():
         A1, B1 = one.deltas[name]
@@ -118,27 +119,10 @@ def test_one_adapter_of_a_stack_is_that_adapter(tiny):
 def test_make_decoder_routes_adapter_files_and_select_refuses_route(tiny, tokenizer, tmp_path):
     paths = adapter_files(tiny, tmp_path)
     audio = tiny_features(U=4, seed=5)
-    decode_fn = adml.make_decoder(tiny, [str(p) for p in paths], tau=0.0, strategy="route")
+    decode_fn = decoders.make_decoder(tiny, [str(p) for p in paths], tau=0.0, strategy="route")
     got = decode_fn(tiny, None, tokenizer, OPTIONS, audio_features=audio)
     adapters = [lora.load_adapter(p, tiny) for p in paths]
     streams = each_stream(tiny, tokenizer, audio, adapters)
     assert [r.tokens for r in got] == [streams[p][u].tokens for u, p in enumerate(expected(streams, 0.0))]
     with pytest.raises(ValueError, match="whole transcripts"):
-        adml.select(torch.ones(3, 2), torch.zeros(3, 2, dtype=torch.long), 0.0, "route")
-
-
-def test_stream_memo_routes_one_decode_at_every_tau(tiny, tokenizer):
-    """A τ sweep decodes each window once: the memo's routes equal a fresh decode's at every τ."""
-    adapters = tiny_adapters(tiny)
-    audio = tiny_features(U=6, seed=3)
-    stack = adml.stack_adapters(adapters, tiny)
-    memo = adml_route.StreamMemo(stack)
-    mel = torch.randn(6, tiny.dims.n_mels, 20, generator=torch.Generator().manual_seed(1))  # only the memo's key
-    for tau in (0.0, 0.05, 1e9, 0.0):
-        got = memo.decoder(tau)(tiny, mel, tokenizer, OPTIONS, audio_features=audio)
-        want = adml_route.decode_routed(tiny, None, tokenizer, OPTIONS, audio, stack, tau)
-        assert [(r.tokens, r.text, r.stream_tokens) for r in got] == [(r.tokens, r.text, r.stream_tokens) for r in want]
-    assert memo.decodes == 1
-    assert all(r.stream_tokens is None for s in next(iter(memo.results.values())) for r in s)  # routing copies
-    memo.decoder(0.0)(tiny, mel + 1, tokenizer, OPTIONS, audio_features=audio)  # another window decodes
-    assert memo.decodes == 2
+        rules.select(torch.ones(3, 2), torch.zeros(3, 2, dtype=torch.long), 0.0, "route")

@@ -14,11 +14,10 @@ A graph replays fixed kernels on fixed memory, so:
   cross-attention keys/values, which `BatchedStreams.load` overwrites in place.
 The start tokens (the prefill) and the selection rule between steps stay eager.
 
-    decode_fn = GraphedDecoder(model, adapters, tau=0.01, strategy="max-only", end="base")
-    decode_fn(model, mel, tokenizer, options)     # what adml.decode returns, with far fewer launches
+    decode_fn = GraphedDecoder(model, adapters, tau=0.01, strategy="route")
+    decode_fn(model, mel, tokenizer, options)     # what route.decode_routed returns, far fewer launches
 
-strategy="route" replays adml_route's one pass the same way (each stream fed its own token)
-and gives what adml_route.decode_routed gives.
+A token-level strategy gives what rules.decode gives, the same way.
 
 k = 0 adapters is the base model alone through the same loop. On a CPU, or with graphs=False,
 the same objects run eagerly (that is how the tests check the buffer reuse).
@@ -27,8 +26,9 @@ the same objects run eagerly (that is how the tests check the buffer reuse).
 import torch
 from torch import Tensor
 
-from adml import BatchedStreams, _audio_features, check_options, multi_lora_modules, run, stack_adapters, swapped
-from adml_route import route, run_streams
+from adml import BatchedStreams, encoder_output, multi_lora_modules, stack_adapters, swapped
+from decoders.route import route, run_streams
+from decoders.rules import check_options, run
 from whisper_min.decoding import DecodingOptions, DecodingResult
 from whisper_min.model import Whisper
 from whisper_min.tokenizer import Tokenizer
@@ -77,14 +77,13 @@ class GraphedSteps:
 
 
 class GraphedDecoder:
-    """A decode_fn (as `adml.make_decoder` returns) that keeps its streams, buffers and
+    """A decode_fn (as `decoders.make_decoder` returns) that keeps its streams, buffers and
     graphs from one window to the next. All windows must have the same batch size U; a
     window with another U starts over (new buffers, graphs recorded again)."""
 
     def __init__(self, model: Whisper, adapters=(), tau: float = 0.025, strategy: str = "das", end: str = "any",
-                 switch: str = "token", guard: int = 0, graphs: bool = True):
-        self.rule = dict(tau=check_options(tau, strategy, end, switch, guard), strategy=strategy, end=end,
-                         switch=switch, guard=guard)
+                 graphs: bool = True):
+        self.rule = dict(tau=check_options(tau, strategy, end), strategy=strategy, end=end)
         self.stack = stack_adapters(adapters, model)
         self.modules = multi_lora_modules(model, self.stack) if self.stack.k else {}
         self.graphs = graphs and model.device.type == "cuda"
@@ -93,7 +92,7 @@ class GraphedDecoder:
     @torch.inference_mode()
     def __call__(self, model: Whisper, mel: Tensor, tokenizer: Tokenizer, options: DecodingOptions = DecodingOptions(),
                  audio_features: Tensor | None = None) -> list[DecodingResult]:
-        audio_features = _audio_features(model, mel, audio_features)
+        audio_features = encoder_output(model, mel, audio_features)
         with swapped(model, self.modules):
             if self.steps is None or self.steps.streams.U != audio_features.shape[0]:
                 self.steps = GraphedSteps(BatchedStreams(model, self.stack.k, audio_features), self.graphs)
