@@ -1,7 +1,5 @@
-"""bench/reproduce.py's data: the synthetic training, test and validation sets, and the
-manifests of real speech; plus the helpers every stage shares (logging, logged subprocesses,
-manifest rows). reproduce.py's docstring says what each stage makes.
-"""
+"""The study's data (bench/reproduce.py's generate, split and ood stages), and the helpers
+every stage shares: logging, logged subprocesses, locks, manifest rows, trained models."""
 
 import gzip
 import hashlib
@@ -22,23 +20,30 @@ from datagen.clean import normalise  # noqa: E402
 DOMAINS = ("music", "weather", "sports")
 TRAIN_VOICES = "espeak-ng:en-us,flite:slt,flite:rms,flite:awb,piper:joe"
 TEST_VOICES = "festival:kal_diphone,flite:kal16"  # festival is never a training engine
-# Out-of-domain validation for the tune stage: "everyday", LLM texts about other topics (the
-# assistant style of the training texts), and "fortunes", sentences people wrote
-# (fortunes-min), nothing like a request to an assistant. Their voice is a speaker no other
-# set uses, on an engine training never uses: adapters learn their training voices, so a set
-# spoken by those engines (espeak-ng, say) improves with any adapter and hides forgetting.
-OOD_VAL = "everyday"
-OOD_VAL_DOMAIN = Path(__file__).resolve().parent / "domains" / "everyday.json"
+# Each set its own LLM run (a test text that training drew too is dropped by the split); these
+# are the seeds of the data behind the adapters that ship.
+SEEDS = {"train": 0, "test_raw": 3000, "val_ood": 2000}
+# Out-of-domain validation (the tune stage): "everyday", LLM requests about other topics, and
+# "fortunes", sentences people wrote. Their voice is one no other set uses, on an engine
+# training never uses: adapters learn their training voices, so a set in those voices
+# improves with any adapter and hides what it forgets.
+OOD_VALS = ("everyday", "fortunes")
+EVERYDAY = Path(__file__).resolve().parent / "domains" / "everyday.json"
 OOD_VAL_VOICES = "festival:ked_diphone"  # apt install festvox-kdlpc16k
-FORTUNES = Path("/usr/share/games/fortunes/fortunes")
-OOD_VALS = (OOD_VAL, "fortunes")
+FORTUNES = Path("/usr/share/games/fortunes")  # apt install fortunes-min fortunes
+# Replay (train --replay) keeps each adapter near the base on these, spoken by the training
+# voices, so that it learns "away from your domain, stay the base" rather than "in voices you
+# never heard, stay the base". Not the `fortunes` file (the validation set's), nor `sports`
+# and `songs-poems` (two of the study's domains).
+REPLAY_CATEGORIES = ("people", "work", "miscellaneous", "platitudes", "science", "politics", "wisdom", "art",
+                     "food", "education", "law", "kids", "love", "pets", "medicine", "humorists")
+REPLAY_COUNT = 600
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
 ASTERISK_TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 OOD_SETS = ("librivox", "cards", "asterisk")
-# One llama.cpp server per core, 1 thread each: each serves one request at a time, so one
-# 2-thread server left the CPU idle between requests (about 21 items a minute here, against
-# 30 to 39 from two 1-thread servers; RESULTS.md, eighth pass).
+# One 1-thread llama.cpp server per core: a server answers one request at a time, so a single
+# 2-thread server left a core idle between requests (21 items a minute here, against 30 to 39).
 LLM_SERVERS = 2
 
 
@@ -46,29 +51,25 @@ def log(msg: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def start_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start a step as a subprocess, its output appended to `logfile` (in run/logs/); the
-    command is kept in run/commands.txt, which the report quotes."""
+def run_logged(cmd: list[str], logfile: Path, env: dict | None = None, wait: bool = True) -> subprocess.Popen:
+    """Run a step, its output appended to `logfile` and the command to run/commands.txt (the
+    report quotes it). A failure stops the study: rerun to resume. wait=False: the process."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
     line = " ".join(shlex.quote(c) for c in cmd)
     with open(logfile.parent.parent / "commands.txt", "a") as f:
         f.write(line + "\n")
     log(f"$ {line}  (log: {logfile})")
     with open(logfile, "a") as out:  # the child keeps its own copy of the handle
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-
-
-def run_logged(cmd: list[str], logfile: Path, env: dict | None = None) -> None:
-    """`start_logged` and wait. A failure stops the study (rerun to resume)."""
-    code = start_logged(cmd, logfile, env).wait()
-    if code != 0:
-        raise SystemExit(f"step failed with exit code {code}; see {logfile}. Rerun the same command to resume.")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    if wait and proc.wait() != 0:
+        raise SystemExit(f"step failed with exit code {proc.returncode}; see {logfile}. Rerun the command to resume.")
+    return proc
 
 
 def claim(lock: Path) -> bool:
     """Take `lock` (a file holding this process's id) so that two processes sharing a stage
-    never do the same work twice; False while a live process holds it. A lock left by a
-    process that died is taken over, so a crash never blocks a rerun."""
+    never do the same work twice; False while a live process holds it. A dead process's lock
+    is taken over, so a crash never blocks a rerun."""
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -94,7 +95,29 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-# ---------------------------------------------------------------- data
+def trained(run: Path, name: str) -> Path | None:
+    """The file of a model the train stage finished, or None."""
+    return run / "models" / f"{name}.st" if (run / "models" / f"{name}.done.json").is_file() else None
+
+
+# ---------------------------------------------------------------- generate
+
+
+def stage_generate(args, run: Path) -> None:
+    """Each domain's training and test texts and the everyday validation set from the LLM,
+    then spoken; the fortunes validation set and the replay set spoken from fortune files."""
+    sets = [(run / "data" / split / d, d, count, voices, workers) for d in DOMAINS for split, count, voices, workers in
+            (("train", args.train_per_domain, TRAIN_VOICES, 2), ("test_raw", args.test_per_domain, TEST_VOICES, 1))]
+    sets.append((run / "data" / "val_ood" / "everyday", str(EVERYDAY), args.ood_val_count, OOD_VAL_VOICES, 1))
+    jobs = [([sys.executable, "das.py", "generate", "--domain", domain, "--count", str(count), "--out", str(out),
+              "--tts", voices, "--workers", str(workers), "--seed", str(SEEDS[out.parent.name]),
+              "--progress-every", "60"], run / "logs" / f"generate_{out.parent.name}_{out.name}.log")
+            for out, domain, count, voices, workers in sets if len(read_rows(out / "manifest.jsonl")) < count]
+    replay = replay_texts(REPLAY_COUNT)  # checks every fortune file first
+    speak_texts(fortune_texts(FORTUNES / "fortunes", args.ood_val_count), run / "data" / "val_ood" / "fortunes",
+                OOD_VAL_VOICES)
+    speak_texts(replay, run / "data" / "replay", TRAIN_VOICES)
+    run_llm_jobs(args, run, jobs)
 
 
 def llm_server_up(env: dict) -> bool:
@@ -103,41 +126,23 @@ def llm_server_up(env: dict) -> bool:
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
 
-def stage_generate(args, run: Path) -> None:
+def run_llm_jobs(args, run: Path, jobs: list[tuple[list[str], Path]]) -> None:
+    """Every `das.py generate` job at once, each sending each request to the least busy of the
+    LLM servers: --llm-url, or LLM_SERVERS local ones (bench/llm_server.sh, 1 thread each,
+    stopped when the jobs end; one already up is used and left up)."""
+    if not jobs:
+        return
     port = int(os.environ.get("PORT", "8012"))
-    jobs = []  # (command without --llm-url, log file)
-    for d in DOMAINS:
-        for split, count, voices, seed, workers in (("train", args.train_per_domain, TRAIN_VOICES, 0, 2),
-                                                    ("test_raw", args.test_per_domain, TEST_VOICES, 1000, 1)):
-            out = run / "data" / split / d
-            have = len(read_rows(out / "manifest.jsonl"))
-            if have >= count:
-                continue
-            cmd = [sys.executable, "das.py", "generate", "--domain", d, "--count", str(count), "--out", str(out),
-                   "--tts", voices, "--workers", str(workers), "--seed", str(seed), "--progress-every", "60"]
-            jobs.append((cmd, run / "logs" / f"generate_{split}_{d}.log"))
-    out = run / "data" / "val_ood" / OOD_VAL  # the tune stage's out-of-domain validation set
-    have = len(read_rows(out / "manifest.jsonl"))
-    if have < args.ood_val_count:
-        cmd = [sys.executable, "das.py", "generate", "--domain", str(OOD_VAL_DOMAIN), "--count",
-               str(args.ood_val_count), "--out", str(out), "--tts", OOD_VAL_VOICES,
-               "--workers", "1", "--seed", "2000", "--progress-every", "60"]
-        jobs.append((cmd, run / "logs" / f"generate_val_ood_{OOD_VAL}.log"))
-    speak_fortunes(args, run)
-    urls = [args.llm_url] if args.llm_url else \
-        [f"http://127.0.0.1:{port + i}/v1" for i in range(min(LLM_SERVERS, len(jobs)))]
-    ours = []  # the LLM servers this stage starts, stopped when it ends (a user's own stay up)
+    urls = [args.llm_url] if args.llm_url else [f"http://127.0.0.1:{port + i}/v1" for i in range(LLM_SERVERS)]
+    ours = []  # the servers this stage starts
     try:
-        if jobs and args.llm_url is None:
-            for i in range(len(urls)):
-                env = {**os.environ, "PORT": str(port + i), "N_THREADS": "1"}
-                if not llm_server_up(env):
-                    ours.append(env)
-                run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / f"llm_server_{port + i}.log", env)
-        # All runs at once, each sending every request to the least busy server: the servers
-        # stay busy while some runs speak their texts, and until the last run is done.
-        procs = [(start_logged([*cmd, "--llm-url", ",".join(urls)], logfile), logfile) for cmd, logfile in jobs]
-        failed = [str(lf) for p, lf in procs if p.wait() != 0]
+        for i in range(0 if args.llm_url else LLM_SERVERS):
+            env = {**os.environ, "PORT": str(port + i), "N_THREADS": "1"}
+            if not llm_server_up(env):
+                ours.append(env)
+            run_logged(["bash", "bench/llm_server.sh", "start"], run / "logs" / f"llm_server_{port + i}.log", env)
+        procs = [(run_logged([*cmd, "--llm-url", ",".join(urls)], out, wait=False), out) for cmd, out in jobs]
+        failed = [str(out) for proc, out in procs if proc.wait() != 0]
     finally:  # also after a failure or Ctrl-C, so that no idle server keeps its port and memory
         for env in ours:
             run_logged(["bash", "bench/llm_server.sh", "stop"], run / "logs" / f"llm_server_{env['PORT']}.log", env)
@@ -146,9 +151,8 @@ def stage_generate(args, run: Path) -> None:
 
 
 def fortune_texts(path: Path, count: int) -> list[str]:
-    """Short plain sentences from a fortune file (entries split by "%" lines): one line's
-    worth (4 to 25 words), letters and punctuation only (nothing a TTS engine reads two
-    ways), no attributed quotes. The first `count` in the file's order."""
+    """The first `count` one-line entries of a fortune file (entries split by "%" lines): 4 to
+    25 words, letters and punctuation only (nothing a TTS engine reads two ways), unattributed."""
     texts = []
     for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
         text = " ".join(entry.split())
@@ -157,115 +161,116 @@ def fortune_texts(path: Path, count: int) -> list[str]:
     return texts[:count]
 
 
-def speak_texts(texts: list[str], out: Path, voices: str, extra: dict | None = None, every: int = 20) -> list[dict]:
-    """Speak `texts` into out/audio/ and out/manifest.jsonl, dealing the voices in turn (as
-    datagen does). The manifest is written every `every` items, so a rerun resumes there.
-    `extra`: fields for every row. Returns the manifest's rows."""
+def replay_texts(count: int, folder: Path = FORTUNES) -> list[str]:
+    """`count` texts from REPLAY_CATEGORIES, one category after another so that no topic
+    dominates, none repeated and none in the validation set's file."""
+    missing = [c for c in (*REPLAY_CATEGORIES, "fortunes") if not (folder / c).is_file()]
+    if missing:
+        raise SystemExit(f"{folder}: no {', '.join(missing)} (apt install fortunes-min fortunes)")
+    seen = {normalise(t) for t in fortune_texts(folder / "fortunes", 10**6)}
+    pools, out = [fortune_texts(folder / c, 10**6) for c in REPLAY_CATEGORIES], []
+    while len(out) < count and any(pools):
+        for pool in pools:
+            while pool and normalise(pool[0]) in seen:
+                pool.pop(0)
+            if pool:
+                seen.add(normalise(pool[0]))
+                out.append(pool.pop(0))
+    if len(out) < count:
+        raise SystemExit(f"{folder}: only {len(out)} usable texts, fewer than {count}")
+    return out[:count]
+
+
+def speak_texts(texts: list[str], out: Path, voices: str) -> list[dict]:
+    """Speak `texts` into out/audio/ and out/manifest.jsonl, dealing the voices in turn as
+    datagen does; written every 20 items, so a rerun resumes there."""
     from datagen.tts import parse_voices, synthesize
 
-    manifest = out / "manifest.jsonl"
-    rows = read_rows(manifest)
-    dealt = parse_voices(voices)
+    rows, dealt = read_rows(out / "manifest.jsonl"), parse_voices(voices)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for i, text in enumerate(texts[len(rows):], start=len(rows)):
-        voice = dealt[i % len(dealt)]
-        audio = out / "audio" / f"{i:04d}.flac"
+        voice, audio = dealt[i % len(dealt)], out / "audio" / f"{i:04d}.flac"
         rows.append({"audio": f"audio/{audio.name}", "text": text, "duration": round(synthesize(voice, text, audio), 3),
-                     **(extra or {}), "voice": voice.name})
-        if (i + 1) % every == 0:
-            write_rows(manifest, rows)
-    write_rows(manifest, rows)
+                     "voice": voice.name})
+        if (i + 1) % 20 == 0:
+            write_rows(out / "manifest.jsonl", rows)
+    write_rows(out / "manifest.jsonl", rows)
+    log(f"{out}: {len(rows)} utterances, {sum(r['duration'] for r in rows) / 60:.1f} min")
     return rows
 
 
-def speak_fortunes(args, run: Path) -> None:
-    """The "fortunes" validation set: TTS only, no LLM; resumes like the rest."""
-    if not FORTUNES.is_file():
-        raise SystemExit(f"the out-of-domain validation set needs {FORTUNES} (apt install fortunes-min)")
-    out = run / "data" / "val_ood" / "fortunes"
-    rows = speak_texts(fortune_texts(FORTUNES, args.ood_val_count), out, OOD_VAL_VOICES, every=1)
-    log(f"fortunes: {len(rows)} utterances in {out}")
-
-
 def join_clips(parts: list[dict], out: Path, seconds: float = 25.0, gap: float = 0.5) -> list[dict]:
-    """Long-form clips from short utterances: manifest rows (audio paths absolute, as
-    evaluate.read_manifest gives them) joined in order, `gap` seconds of silence between
-    them, each clip at most `seconds` (one 30 s Whisper window). Every synthetic utterance
-    is one sentence, but real prompts run to 25 s, where the question is whether a stream
-    ends the transcript too soon. Made once: a manifest already in `out` is read back."""
+    """Long-form clips from short utterances (rows with absolute audio paths, as
+    evaluate.read_manifest gives them), joined in order with `gap` seconds of silence, each at
+    most `seconds` (one 30 s window). Every synthetic utterance is one sentence, but real
+    prompts run to 25 s, where a stream may end the transcript too soon. Made once."""
     import numpy as np
     import soundfile as sf
 
     from whisper_min.audio import SAMPLE_RATE, load_audio
 
-    manifest = out / "manifest.jsonl"
-    if manifest.is_file():
-        return read_rows(manifest)
+    if (out / "manifest.jsonl").is_file():
+        return read_rows(out / "manifest.jsonl")
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    rows, clip, texts = [], [], []
-    silence = np.zeros(int(gap * SAMPLE_RATE), dtype=np.float32)
-
-    def flush():
-        audio = np.concatenate(clip[:-1])  # (samples,): the last piece is a trailing gap
-        name = f"audio/{len(rows):04d}.flac"
-        sf.write(out / name, audio, SAMPLE_RATE)
-        rows.append({"audio": name, "text": " ".join(texts), "duration": round(len(audio) / SAMPLE_RATE, 3),
-                     "parts": len(texts)})
-
+    rows, clips = [], [[]]  # clips: [(audio, text)] per long clip
     for row in parts:
         audio = load_audio(row["audio"])
-        if clip and (sum(map(len, clip)) + len(audio)) / SAMPLE_RATE > seconds:
-            flush()
-            clip, texts = [], []
-        clip += [audio, silence]
-        texts.append(row["text"])
-    if clip:
-        flush()
-    write_rows(manifest, rows)
+        if clips[-1] and (sum(len(a) + gap * SAMPLE_RATE for a, _ in clips[-1]) + len(audio)) / SAMPLE_RATE > seconds:
+            clips.append([])
+        clips[-1].append((audio, row["text"]))
+    silence = np.zeros(int(gap * SAMPLE_RATE), dtype=np.float32)
+    for clip in filter(None, clips):
+        audio = np.concatenate([x for a, _ in clip for x in (silence, a)][1:])  # (samples,)
+        sf.write(out / f"audio/{len(rows):04d}.flac", audio, SAMPLE_RATE)
+        rows.append({"audio": f"audio/{len(rows):04d}.flac", "text": " ".join(t for _, t in clip),
+                     "duration": round(len(audio) / SAMPLE_RATE, 3), "parts": len(clip)})
+    write_rows(out / "manifest.jsonl", rows)
     return rows
 
 
+# ---------------------------------------------------------------- split and ood
+
+
 def is_validation(text: str, fraction: float) -> bool:
-    """A fixed pseudo-random tenth of the texts, the same whatever order they were made in."""
+    """A fixed pseudo-random share of the texts, the same whatever order they were made in."""
     return int(hashlib.sha1(normalise(text).encode()).hexdigest(), 16) % 1000 < 1000 * fraction
 
 
 def stage_split(args, run: Path) -> dict:
-    """train/<d>/{fit,val}.jsonl and test_raw/<d>/test.jsonl, beside the audio they point to."""
-    sizes, train_keys = {}, set()
+    """train/<d>/{fit,val}.jsonl, train/val_multi.jsonl and test_raw/<d>/test.jsonl; a test
+    text that also occurs in any training set is dropped."""
+    sizes, train_keys, data = {}, set(), run / "data"
     for d in DOMAINS:
-        rows = read_rows(run / "data" / "train" / d / "manifest.jsonl")[: args.train_per_domain]
+        rows = read_rows(data / "train" / d / "manifest.jsonl")[: args.train_per_domain]
         train_keys |= {normalise(r["text"]) for r in rows}
         val = [r for r in rows if is_validation(r["text"], args.val_fraction)]
         fit = [r for r in rows if not is_validation(r["text"], args.val_fraction)]
-        write_rows(run / "data" / "train" / d / "fit.jsonl", fit)
-        write_rows(run / "data" / "train" / d / "val.jsonl", val)
+        write_rows(data / "train" / d / "fit.jsonl", fit)
+        write_rows(data / "train" / d / "val.jsonl", val)
         sizes[d] = {"fit": len(fit), "val": len(val), "fit_seconds": round(sum(r["duration"] for r in fit), 1),
                     "voices": sorted({r["voice"] for r in rows})}
-    # One validation set over all domains for the multi-domain models (absolute paths: it
-    # lives outside any one domain's folder).
-    write_rows(run / "data" / "train" / "val_multi.jsonl",
-               [{**r, "audio": str((run / "data" / "train" / d / r["audio"]).resolve())}
-                for d in DOMAINS for r in read_rows(run / "data" / "train" / d / "val.jsonl")])
+    # The multi-domain models' validation set (absolute paths: it lives outside the domains' folders).
+    train = data / "train"
+    write_rows(train / "val_multi.jsonl", [{**r, "audio": str((train / d / r["audio"]).resolve())}
+                                           for d in DOMAINS for r in read_rows(train / d / "val.jsonl")])
     for d in DOMAINS:
-        rows = read_rows(run / "data" / "test_raw" / d / "manifest.jsonl")[: args.test_per_domain]
-        kept, seen = [], set()
+        rows, kept, seen = read_rows(data / "test_raw" / d / "manifest.jsonl")[: args.test_per_domain], [], set()
         for r in rows:
             key = normalise(r["text"])
             if key not in train_keys and key not in seen:
                 seen.add(key)
                 kept.append(r)
-        write_rows(run / "data" / "test_raw" / d / "test.jsonl", kept)
+        write_rows(data / "test_raw" / d / "test.jsonl", kept)
         sizes[d].update(test=len(kept), test_dropped_overlap=len(rows) - len(kept),
                         test_seconds=round(sum(r["duration"] for r in kept), 1),
                         test_voices=sorted({r["voice"] for r in kept}))
-    (run / "data" / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
+    (data / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
     log(f"split: {json.dumps(sizes)}")
     return sizes
 
 
 def stage_ood(args, run: Path) -> None:
-    """Real speech, none of it about music, weather or sports."""
+    """Manifests of real speech, none of it about music, weather or sports."""
     out = run / "data" / "ood"
     missing = [f"{p} (apt install {pkg})" for p, pkg in (
         (POCKETSPHINX, "pocketsphinx-testdata"), (ASTERISK_SOUNDS, "asterisk-core-sounds-en-wav"),
@@ -273,19 +278,15 @@ def stage_ood(args, run: Path) -> None:
     if missing:
         raise SystemExit(f"the real-speech test sets need: {'; '.join(missing)}")
     for sub, listing in (("librivox", "transcription"), ("cards", "cards.transcription")):
-        rows = []
-        for line in (POCKETSPHINX / sub / listing).read_text().splitlines():
-            m = re.match(r"\s*<s>(.*)</s>\s*\((.+)\)\s*$", line)
-            if m:
-                name = Path(m.group(2).strip()).name
-                rows.append({"audio": str(POCKETSPHINX / sub / f"{name}.wav"), "text": m.group(1).strip()})
-        write_rows(out / f"{sub}.jsonl", rows)
+        lines = (POCKETSPHINX / sub / listing).read_text().splitlines()
+        matches = [m for line in lines if (m := re.match(r"\s*<s>(.*)</s>\s*\((.+)\)\s*$", line))]
+        write_rows(out / f"{sub}.jsonl", [{"audio": str(POCKETSPHINX / sub / f"{Path(m[2].strip()).name}.wav"),
+                                           "text": m[1].strip()} for m in matches])
     rows = []
     with gzip.open(ASTERISK_TEXTS, "rt", encoding="utf-8", errors="replace") as f:
         for line in f:
             name, sep, text = line.partition(":")
-            # "[ascending tones]" is a sound, not speech; "at [@]" says "at".
-            text = re.sub(r"\[[^\]]*\]", "", text).strip()
+            text = re.sub(r"\[[^\]]*\]", "", text).strip()  # "[ascending tones]" is a sound; "at [@]" says "at"
             wav = ASTERISK_SOUNDS / f"{name.strip()}.wav"
             if sep and text and not line.startswith(";") and wav.is_file():
                 rows.append({"audio": str(wav), "text": text})

@@ -2,9 +2,9 @@
 
     python bench/train.py [--model tiny.en] [--data manifest.jsonl] [--device cuda] [--epochs 2]
 
-Runs `train.main` three times on the same data: with the encoder on every batch
-(--no-encoder-cache), then with a cold cache (the one-off encoding pass, then training from
-it), then with the warm cache. Rates are utterances per second of the training loop as its
+Runs `das.py train` (training/train.py) three times on the same data: with the encoder on
+every batch (--no-encoder-cache), then with a cold cache (the one-off encoding pass, then
+training from it), then with the warm cache. Rates are utterances per second of the training loop as its
 progress line reports them; the cached run's first epoch also pays the encoding pass.
 Printed: utt/s per epoch both ways, their ratio, and the ratio over the paper's 10 epochs.
 The machine may be shared: only the ratio from one run means anything.
@@ -23,7 +23,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import train  # noqa: E402
+from training import train  # noqa: E402
 
 CLIPS = [Path("/usr/share/pocketsphinx/test/data/librivox"), Path("/usr/share/pocketsphinx/test/data/cards")]
 

@@ -51,6 +51,38 @@ def build_tokenizer(path: str | None):
     return get_tokenizer(path, 51865)
 
 
+def load(args):
+    """(whisper_min model, openai-whisper model with the same weights, tokenizer, clips)."""
+    import whisper
+
+    if args.random_weights:
+        model, tokenizer = random_model(args.random_weights), build_tokenizer(args.tokenizer)
+        clips = [np.random.default_rng(i).standard_normal(16000 * (3 + i)).astype(np.float32) * 0.1 for i in range(6)]
+    else:
+        model, tokenizer = whisper_min.load_model(args.model), whisper_min.get_tokenizer(args.model)
+        clips = [load_audio(p) for p in sorted(glob.glob(args.clips))]
+    ref = whisper.model.Whisper(whisper.model.ModelDimensions(**dataclasses.asdict(model.dims)))
+    ref.load_state_dict(model.state_dict())
+    return model.to(args.device), ref.to(args.device).eval(), tokenizer, clips
+
+
+def compare(name: str, ours, theirs, clips, repeat: int) -> None:
+    """Time both pipelines on every clip, alternating clip by clip so that drifts in the
+    machine's load hit both the same way; print their RTFs and the ratio."""
+    times = {"whisper_min": 0.0, "openai-whisper": 0.0}
+    for rep in range(repeat + 1):
+        for audio in clips:
+            for label, fn in (("whisper_min", ours), ("openai-whisper", theirs)):
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    fn(audio)
+                if rep > 0:  # the first pass warms up both
+                    times[label] += time.perf_counter() - t0
+    rtf = {k: v / (sum(len(a) for a in clips) / 16000 * repeat) for k, v in times.items()}
+    print(f"{name:24s} RTF whisper_min {rtf['whisper_min']:.4f}  openai-whisper {rtf['openai-whisper']:.4f}  "
+          f"ratio {rtf['whisper_min'] / rtf['openai-whisper']:.3f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="base", help="embedded model name or model directory")
@@ -66,18 +98,7 @@ def main():
     import whisper  # the reference, test-only: bash tests/setup.sh
 
     torch.set_num_threads(args.threads)
-    if args.random_weights:
-        model = random_model(args.random_weights)
-        tokenizer = build_tokenizer(args.tokenizer)
-        clips = [np.random.default_rng(i).standard_normal(16000 * (3 + i)).astype(np.float32) * 0.1 for i in range(6)]
-    else:
-        model = whisper_min.load_model(args.model)
-        tokenizer = whisper_min.get_tokenizer(args.model)
-        clips = [load_audio(p) for p in sorted(glob.glob(args.clips))]
-    model = model.to(args.device)
-    ref = whisper.model.Whisper(whisper.model.ModelDimensions(**dataclasses.asdict(model.dims)))
-    ref.load_state_dict(model.state_dict())
-    ref = ref.to(args.device).eval()
+    model, ref, tokenizer, clips = load(args)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     seconds = sum(len(a) for a in clips) / 16000
     name = f"random {args.random_weights}" if args.random_weights else args.model
@@ -122,19 +143,7 @@ def main():
     same = [ours_decode(a) == ref_decode(a) for a in clips]
     print(f"identical greedy tokens on {sum(same)}/{len(same)} clips")
     for name, (ours, theirs) in pipelines.items():
-        times = {"whisper_min": 0.0, "openai-whisper": 0.0}
-        for rep in range(args.repeat + 1):
-            # alternate clip by clip so that machine load drifts hit both the same way
-            for audio in clips:
-                for label, fn in (("whisper_min", ours), ("openai-whisper", theirs)):
-                    t0 = time.perf_counter()
-                    with torch.inference_mode():
-                        fn(audio)
-                    if rep > 0:  # the first pass warms up both
-                        times[label] += time.perf_counter() - t0
-        rtf = {k: v / (seconds * args.repeat) for k, v in times.items()}
-        print(f"{name:24s} RTF whisper_min {rtf['whisper_min']:.4f}  openai-whisper {rtf['openai-whisper']:.4f}  "
-              f"ratio {rtf['whisper_min'] / rtf['openai-whisper']:.3f}x")
+        compare(name, ours, theirs, clips, args.repeat)
     total = split["encoder"] + split["decoder"]
     print(f"whisper_min decode time: encoder {100 * split['encoder'] / total:.0f}%, "
           f"decoder steps {100 * split['decoder'] / total:.0f}%")

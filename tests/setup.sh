@@ -14,6 +14,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python -m pip install -q --no-deps openai-whisper==20250625
 python -m pip install -q numba more-itertools tqdm
+# matplotlib: bench/report.py's plots, which the study's report test draws
+python -m pip install -q matplotlib
 # peft + transformers: the adapter interchange test loads our adapters into them
 python -m pip install -q peft transformers
 # The `llm` tests serve SmolLM2-135M with llama-cpp-python, built from source (~10 min once).

@@ -68,7 +68,7 @@ def test_report_shows_intervals_only_where_both_systems_have_details():
 
     results = {}
     for system, scale in (("original", 2), ("DAS", 1)):
-        for s in (*report.DOMAINS, *report.OOD):
+        for s in (*report.DOMAINS, *report.OOD_SETS):
             results[(system, s)] = result(s, [scale * 2, scale * 3])
     text = report.intervals_table(results)
     assert "| DAS against the original | -50.0% [-50.0, -50.0] | -50.0% [-50.0, -50.0] | -50.0% [-50.0, -50.0] " \

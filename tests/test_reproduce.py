@@ -74,11 +74,12 @@ def test_report_tables_and_pooled_wer(tmp_path):
     run = tmp_path / "run"
 
     def result(system, test_set, errors, words):
+        config = scorer.config("adml", ["m.st"], 0.01, "route") if system == "DAS" else scorer.config("base", [])
         study_data.write_rows(run / "eval" / system / f"{test_set}.json", [{
             "system": system, "test_set": test_set, "wer": 100 * errors / words, "substitutions": errors,
-            "deletions": 0, "insertions": 0, "ref_words": words}])
+            "deletions": 0, "insertions": 0, "ref_words": words, "config": config}])
 
-    for d, e in zip(report.DOMAINS, (20, 10, 10)):
+    for d, e in zip(study_data.DOMAINS, (20, 10, 10)):
         result("original", d, e, 100)
         result("DAS", d, e // 2, 100)
     result("original", "librivox", 1, 100)
@@ -88,13 +89,16 @@ def test_report_tables_and_pooled_wer(tmp_path):
     result("DAS", "cards", 0, 10)
     result("DAS", "asterisk", 9, 890)
     results = report.load_results(run)
-    assert report.pooled(results, "original", report.OOD) == pytest.approx(1.0)  # 10 errors / 1000 words
-    assert report.pooled(results, "DAS", report.OOD) == pytest.approx(1.1)
-    assert report.mean(results, "DAS", report.DOMAINS) == pytest.approx(20 / 3)
+    assert report.pooled(results, "original", study_data.OOD_SETS) == pytest.approx(1.0)  # 10 errors / 1000 words
+    assert report.pooled(results, "DAS", study_data.OOD_SETS) == pytest.approx(1.1)
+    assert report.mean(results, "DAS", study_data.DOMAINS) == pytest.approx(20 / 3)
     text = report.write(run).read_text()
-    assert "| DAS (τ = 0.025) | 10.00 (-50.0%) | 5.00 (-50.0%) | 5.00 (-50.0%) | 6.67 (-50.0%) |" in text
-    assert "| DAS (τ = 0.025) | 2.00 (+100.0%) | 0.00 | 1.01 (+0.0%) | 1.10 (+10.0%) |" in text
+    assert "| DAS (route, τ = 0.01) | 10.00 (-50.0%) | 5.00 (-50.0%) | 5.00 (-50.0%) | 6.67 (-50.0%) |" in text
+    assert "| DAS (route, τ = 0.01) | 2.00 (+100.0%) | 0.00 | 1.01 (+0.0%) | 1.10 (+10.0%) |" in text
     assert "| LoRA-ft-Multi | - | - | - | - |" in text  # not trained: a dash, never a made-up number
+    assert "| 0.01 | 10.00 (-50.0%) |" in text  # the τ sweep's row for DAS itself
+    assert "Not tuned on this run" in text
+    assert {p.name for p in (run / "plots").glob("*.png")} == {"wer_by_method.png", "tau_sweep.png"}  # no Table VI yet
 
 
 def test_join_clips(tmp_path):
@@ -125,183 +129,91 @@ def test_fortune_texts(tmp_path):
     assert study_data.fortune_texts(path, 1) == ["A gift of a flower will soon be made to you."]
 
 
-def test_statements_come_back_from_the_rejects(tmp_path):
-    import statements
-
-    run = tmp_path / "run"
-    train = run / "data" / "train" / "music"
-    write_manifest(train / "manifest.jsonl", ["Play Adele.", "What is jazz?"], "flite:slt")
-    write_manifest(run / "data" / "test_raw" / "music" / "test.jsonl", ["Adele sings soul."], "flite:kal16")
-    study_data.write_rows(train / "rejects.jsonl", [
-        {"text": "The Beatles released Abbey Road in 1969.", "reason": "not_a_request"},
-        {"text": "Adele sings soul.", "reason": "not_a_request"},             # a test text: never trained on
-        {"text": "Here are some facts about music:", "reason": "preamble"},  # dropped for another reason
-        {"text": "Jazz was born in New Orleans", "reason": "not_a_request"},
-        {"text": "jazz was born in new orleans!", "reason": "not_a_request"},  # a duplicate of the one above
-        {"text": "Hi there", "reason": "not_a_request"}])                    # fails another rule on a recheck
-    assert statements.statements(run, "music") == ["The Beatles released Abbey Road in 1969.",
-                                                   "Jazz was born in New Orleans"]
-
-
 def test_report_leaves_out_a_stale_tau_sweep(tmp_path):
     run = tmp_path / "run"
-    das = {"kind": "adml", "files": ["a.st"], "tau": 0.025, "strategy": "max-only"}
-    for system, config in (("original", None), ("DAS", das), ("DAS tau=0", {**das, "tau": 0.0}),
-                           ("DAS tau=0.1", {**das, "tau": 0.1, "strategy": "das"})):  # made before the tune stage
+    das = scorer.config("adml", ["a.st"], 0.025, "max-only")
+    for system, config in (("original", scorer.config("base", [])), ("DAS", das), ("DAS tau=0", {**das, "tau": 0.0}),
+                           ("DAS tau=0.1", {**das, "tau": 0.1, "strategy": "route"})):  # made before the tune stage
         study_data.write_rows(run / "eval" / system / "music.json", [{
             "system": system, "test_set": "music", "wer": 10.0, "substitutions": 10, "deletions": 0,
             "insertions": 0, "ref_words": 100, "config": config}])
     results = report.load_results(run)
     assert ("DAS tau=0", "music") in results and ("DAS tau=0.1", "music") not in results
-    assert report.das_label(results) == "DAS (τ = 0.025, max-only)"
+    assert report.das_label(results) == "DAS (max-only, τ = 0.025)"
 
 
 def test_a_score_is_redone_when_its_system_changes(tmp_path):
     out = tmp_path / "eval" / "DAS" / "music.json"
-    config = scorer.Scorer.config("adml", [Path("m/lora-music-lr0.0003.st")], 0.025, "das")
-    assert config["files"] == ["lora-music-lr0.0003.st"]
-    assert not scorer.Scorer.is_done(out, config)
+    config = scorer.config("adml", [Path("m/lora-music.st")], 0.025, "route")
+    assert config == {"kind": "adml", "files": ["lora-music.st"], "tau": 0.025, "strategy": "route"}
+    assert not scorer.is_done(out, config)
     study_data.write_rows(out, [{"system": "DAS", "wer": 5.0, "config": config}])
-    assert scorer.Scorer.is_done(out, config)
-    assert not scorer.Scorer.is_done(out, {**config, "strategy": "max-only"})
-    # `end` and `switch` are recorded only when not the default, so scores made before them stay valid.
-    make = scorer.Scorer.config
-    assert make("adml", [], 0.1, "das", "any", "token") == make("adml", [], 0.1, "das")
-    for rule in (("base", "token"), ("any", "word")):
-        assert not scorer.Scorer.is_done(out, make("adml", [Path("lora-music-lr0.0003.st")], 0.025, "das", *rule))
-    assert not scorer.Scorer.is_done(out, {**config, "files": ["lora-music-lr0.0001.st"]})
-
-
-def test_report_tune_section_shows_every_step(tmp_path):
-    import tune
-
-    original = {"music": 10.0, "weather": 10.0, "sports": 10.0, "everyday": 5.0, "fortunes": 20.0}
-    wer = {**original, "music": 8.0}
-    first = {"lr": 1e-4, "strategy": "max-only", "tau": 0.05, "why": "step one's reason"}
-    original_all = {**original, "long-domains": 10.0, "long-ood": 4.0}
-    steps = [{**c, "wer": {**original_all, "long-ood": 4.4 if c["end"] == "any" else 4.0}}
-             for c in tune.end_candidates(first)]
-    (tmp_path / "tune.json").write_text(json.dumps({
-        "first": first, "original": original, "candidates": [{**first, "wer": wer}], "original_all": original_all,
-        "end_candidates": steps, "second": {**first, "end": "base", "why": "step two's reason"},
-        "switch_candidates": [{**c, "switch": "word", "wer": original_all} for c in steps if c["end"] == "base"],
-        "third": {**first, "end": "base", "switch": "word", "why": "step three's reason"},
-        "data_candidates": [{**c, "switch": "word", "data": d, "wer": original_all} for d in ("requests", "statements")
-                            for c in steps if c["end"] == "base"],
-        "chosen": {**first, "end": "base", "switch": "word", "data": "statements", "why": "step four's reason"},
-        "sizes": {s: 10 for s in original_all}}))
-    text = report.tune_section(tmp_path)
-    assert "| 0.0001 | max-only | 0.05 | 8.00 (-20.0%) | 10.00 (+0.0%) |" in text
-    assert "| 0.3 | base |" in text and "4.40 (+10.0%)" in text
-    assert "Step 1 chose: lr 0.0001, max-only, τ = 0.05: step one's reason." in text
-    assert "Step 2 chose: lr 0.0001, max-only, τ = 0.05, base may end the transcript: step two's reason." in text
-    assert "| 0.3 | word |" in text and "streams switch only between words: step three's reason." in text
-    assert "Step 4, at step 3's choice, adapters trained on requests alone or requests and statements:" in text
-    assert "| statements | 0.0001 | 0.3 |" in text
-    assert ("Chosen: the adapters trained on requests and statements at lr 0.0001, τ = 0.05: step four's reason."
-            in text)
+    assert scorer.is_done(out, config)
+    assert not scorer.is_done(out, {**config, "strategy": "max-only"})
+    assert not scorer.is_done(out, {**config, "tau": 0.01})
+    assert not scorer.is_done(out, {**config, "files": ["lora-music-other.st"]})
+    assert scorer.config("lora", [Path("m/lora-multi.st")]) == {"kind": "lora", "files": ["lora-multi.st"]}
 
 
 def test_replay_texts_take_the_categories_in_turn_and_leave_out_the_validation_file(tmp_path):
-    import replay_data
-
     def fortune_file(name, lines):
         (tmp_path / name).write_text("\n%\n".join(lines) + "\n")
 
     fortune_file("fortunes", ["This one is in the validation set."])
-    for c in replay_data.CATEGORIES:
+    for c in study_data.REPLAY_CATEGORIES:
         fortune_file(c, [])
     fortune_file("people", ["People are the same everywhere you go.", "This one is in the validation set.",
                             "A second sentence about people, long enough."])
     fortune_file("work", ["Work expands to fill the time available.", "people are the same everywhere you go",
                           "Too short", "Work hard and the rest will follow."])
-    assert replay_data.replay_texts(4, tmp_path) == [
+    assert study_data.replay_texts(4, tmp_path) == [
         "People are the same everywhere you go.", "Work expands to fill the time available.",
         "A second sentence about people, long enough.", "Work hard and the rest will follow."]
     with pytest.raises(SystemExit, match="only 4 usable texts"):
-        replay_data.replay_texts(5, tmp_path)
+        study_data.replay_texts(5, tmp_path)
     (tmp_path / "pets").unlink()
     with pytest.raises(SystemExit, match="no pets"):
-        replay_data.replay_texts(1, tmp_path)
-
-
-def write_mo(path: Path, originals: list[str], order: str = "<") -> None:
-    """A GNU .mo catalog (every original translated as itself): header, two tables, strings."""
-    import struct
-
-    strings = [o.encode() for o in sorted(originals)]
-    n, start = len(strings), 28 + 16 * len(strings)
-    table, blob = [], b""
-    for s in strings:
-        table.append(struct.pack(order + "II", len(s), start + len(blob)))
-        blob += s + b"\0"
-    header = struct.pack(order + "IIIIIII", 0x950412DE, 0, n, 28, 28 + 8 * n, 0, 0)
-    path.write_bytes(header + b"".join(table) * 2 + blob)
-
-
-def test_message_texts_read_catalogs_in_turn_and_keep_only_speakable_sentences(tmp_path):
-    import replay_data
-
-    catalogs = list(replay_data.MESSAGE_CATALOGS)
-    for name in catalogs:
-        write_mo(tmp_path / f"{name}.mo", [])
-    write_mo(tmp_path / "git.mo", ["", "There is no tracking information for the current branch.",
-                                   "Could not read %s.", "Use --force to override this check.",
-                                   "See push.default in the manual.", "Too short.", "Print FILE to standard output.",
-                                   "Not ending in a stop", "Your branch is up to date with the remote."])
-    write_mo(tmp_path / "apt.mo", ["Do you want to continue?", "Do you want to continue?\0Plural form"], ">")
-    assert replay_data.msgids(tmp_path / "apt.mo") == ["Do you want to continue?", "Do you want to continue?"]
-    texts = replay_data.message_texts(3, tmp_path)
-    assert len(texts) == 3 and texts[1] == "Do you want to continue?"  # git, apt, git: in turn, no repeat
-    assert set(texts) - {texts[1]} <= {"There is no tracking information for the current branch.",
-                                       "Your branch is up to date with the remote."}
-    with pytest.raises(SystemExit, match="only 3 usable texts"):
-        replay_data.message_texts(4, tmp_path)
-    (tmp_path / "Linux-PAM.mo").unlink()
-    with pytest.raises(SystemExit, match="apt install libpam-runtime"):
-        replay_data.message_texts(1, tmp_path)
-    (tmp_path / "bad.mo").write_bytes(b"\0" * 28)
-    with pytest.raises(SystemExit, match="not a gettext"):
-        replay_data.msgids(tmp_path / "bad.mo")
-
-
-def test_mixed_replay_texts_alternate_fortunes_and_messages(monkeypatch):
-    import replay_data
-
-    monkeypatch.setattr(replay_data, "replay_texts", lambda count: [f"fortune {i}" for i in range(count)])
-    monkeypatch.setattr(replay_data, "message_texts", lambda count: [f"message {i}" for i in range(count)])
-    assert replay_data.texts_for("mixed", 5) == ["fortune 0", "message 0", "fortune 1", "message 1", "fortune 2"]
-    assert replay_data.texts_for("mixed", 4) == ["fortune 0", "message 0", "fortune 1", "message 1"]
-    assert replay_data.texts_for("fortunes", 2) == ["fortune 0", "fortune 1"]
+        study_data.replay_texts(1, tmp_path)
 
 
 def test_generate_sends_every_job_to_both_one_thread_llm_servers(tmp_path, monkeypatch):
-    started, servers = [], []
-    monkeypatch.setattr(study_data, "run_logged", lambda cmd, log, env=None: servers.append((cmd[-1], env["PORT"],
-                                                                                          env["N_THREADS"])))
-    monkeypatch.setattr(study_data, "start_logged", lambda cmd, log, env=None: started.append(cmd) or
-                        type("Done", (), {"wait": lambda self: 0})())
-    monkeypatch.setattr(study_data, "speak_fortunes", lambda args, run: None)
+    started, servers, spoken = [], [], []
+
+    def fake_run(cmd, log, env=None, wait=True, code=0):
+        if wait:  # bench/llm_server.sh
+            return servers.append((cmd[-1], env["PORT"], env["N_THREADS"]))
+        started.append(cmd)
+        return type("Done", (), {"wait": lambda self: code})()
+
+    monkeypatch.setattr(study_data, "run_logged", fake_run)
+    monkeypatch.setattr(study_data, "FORTUNES", tmp_path / "no-fortunes")
+    monkeypatch.setattr(study_data, "fortune_texts", lambda path, count: ["a fortune"] * count)
+    monkeypatch.setattr(study_data, "replay_texts", lambda count: ["a replay text"] * count)
+    monkeypatch.setattr(study_data, "speak_texts",
+                        lambda texts, out, voices: spoken.append((out.name, len(texts), voices)))
     monkeypatch.setattr(study_data, "llm_server_up", lambda env: False)
     monkeypatch.setenv("PORT", "9000")
     args = type("Args", (), {"llm_url": None, "train_per_domain": 10, "test_per_domain": 4, "ood_val_count": 3})()
     study_data.write_rows(tmp_path / "data" / "train" / "music" / "manifest.jsonl", [{"text": "x"}] * 10)  # done
     study_data.stage_generate(args, tmp_path)
+    assert spoken == [("fortunes", 3, study_data.OOD_VAL_VOICES),
+                      ("replay", study_data.REPLAY_COUNT, study_data.TRAIN_VOICES)]  # the replay set: training voices
     # started, then stopped once every job is done
     assert servers == [("start", "9000", "1"), ("start", "9001", "1"), ("stop", "9000", "1"), ("stop", "9001", "1")]
     urls = {cmd[cmd.index("--out") + 1].split("data/")[1]: cmd[cmd.index("--llm-url") + 1] for cmd in started}
     assert "train/music" not in urls and len(urls) == 6  # 2 training sets, 3 test sets, everyday
     # each job's client sends every request to the less busy server (datagen.llm.ChatClient)
     assert set(urls.values()) == {"http://127.0.0.1:9000/v1,http://127.0.0.1:9001/v1"}
+    seeds = {cmd[cmd.index("--out") + 1].split("data/")[1]: cmd[cmd.index("--seed") + 1] for cmd in started}
+    assert (seeds["test_raw/music"], seeds["train/weather"], seeds["val_ood/everyday"]) == ("3000", "0", "2000")
     # a server already up on 9000 (the user's) is used and left up; a failed job still stops ours
     monkeypatch.setattr(study_data, "llm_server_up", lambda env: env["PORT"] == "9000")
-    monkeypatch.setattr(study_data, "start_logged", lambda cmd, log, env=None: type("Failed", (), {"wait": lambda self: 1})())
+    monkeypatch.setattr(study_data, "run_logged", lambda *a, **k: fake_run(*a, **k, code=1))
     servers.clear()
     with pytest.raises(SystemExit, match="generation failed"):
         study_data.stage_generate(args, tmp_path)
     assert servers == [("start", "9000", "1"), ("start", "9001", "1"), ("stop", "9001", "1")]
-    monkeypatch.setattr(study_data, "start_logged", lambda cmd, log, env=None: started.append(cmd) or
-                        type("Done", (), {"wait": lambda self: 0})())
+    monkeypatch.setattr(study_data, "run_logged", fake_run)
     started.clear()
     args.llm_url = "http://example:1/v1"  # a server of the user's: no local ones, every job goes there
     servers.clear()
@@ -321,18 +233,40 @@ def test_a_lock_held_by_a_live_process_is_respected_and_a_dead_ones_taken_over(t
     assert study_data.claim(lock) and lock.read_text() == str(os.getpid())
 
 
-def test_two_processes_share_the_train_stage(tmp_path, monkeypatch):
-    """A run another live process trains is skipped; one a dead process left is trained."""
+def train_args(**changes):
     import types
 
-    import replay_data
+    return types.SimpleNamespace(**{"lora_lr": 3e-4, "ft_lr": 1e-5, "epochs": 1.0, "seed": 1,
+                                    "methods": {"lora"}, "train_per_domain": 2, "model": "base", "device": "cpu",
+                                    **changes})
 
+
+def test_the_study_trains_the_shipped_recipe_and_the_papers_baselines(tmp_path):
+    args = train_args(methods={"lora", "ft", "ft-last3", "ft-enc-dec"})
+    runs = reproduce.train_runs(args)
+    assert [r["name"] for r in runs] == ["lora-music", "lora-weather", "lora-sports", "lora-multi", "ft-music",
+                                         "ft-weather", "ft-sports", "ft-multi", "ft-last3-music", "ft-enc-dec-music"]
+    cmd = reproduce.train_command(args, tmp_path, runs[0])
+    assert cmd[cmd.index("--replay") + 1].endswith("data/replay/manifest.jsonl")  # at train's default weight, 1
+    assert [cmd[cmd.index(f) + 1] for f in ("--lr", "--epochs", "--seed", "--method")] == ["0.0003", "1", "1", "lora"]
+    multi = reproduce.train_command(args, tmp_path, runs[3])  # LoRA-ft-Multi: all three domains, no replay
+    assert "--replay" not in multi and multi.count("--data") == 3 and multi[multi.index("--val") + 1].endswith(
+        "val_multi.jsonl")
+    assert [r["name"] for r in reproduce.train_runs(train_args(methods={"ft"}))] == [
+        "ft-music", "ft-weather", "ft-sports", "ft-multi"]
+
+
+def test_two_processes_share_the_train_stage(tmp_path, monkeypatch):
+    """A model another live process trains is skipped; one a dead process left is trained; a
+    model trained with other settings stops the stage rather than be scored as this one."""
     run = tmp_path / "run"
     for d in study_data.DOMAINS:
         write_manifest(run / "data" / "train" / d / "manifest.jsonl", ["a text"] * 2, "v")
+    write_manifest(run / "data" / "replay" / "manifest.jsonl", ["a replay text"] * 3, "v")
+    monkeypatch.setattr(reproduce, "REPLAY_COUNT", 3)
     (run / "models").mkdir(parents=True)
-    (run / "models" / "lora-music-replay-lr0.0003.lock").write_text(str(os.getpid()))  # "another process"
-    (run / "models" / "lora-sports-replay-lr0.0003.lock").write_text("999999999")  # no such process
+    (run / "models" / "lora-music.lock").write_text(str(os.getpid()))  # "another process"
+    (run / "models" / "lora-sports.lock").write_text("999999999")  # no such process
     trained = []
 
     def fake_train(cmd, log_path):
@@ -340,13 +274,15 @@ def test_two_processes_share_the_train_stage(tmp_path, monkeypatch):
         assert (run / "models" / (trained[-1][: -len(".st")] + ".lock")).read_text() == str(os.getpid())
 
     monkeypatch.setattr(reproduce, "run_logged", fake_train)
-    monkeypatch.setattr(replay_data, "speak", lambda run, count, texts: run / "data" / "replay" / "manifest.jsonl")
-    monkeypatch.setattr(reproduce.lora, "read_header", lambda path: {"__metadata__": {
+    import lora
+
+    monkeypatch.setattr(lora, "read_header", lambda path: {"__metadata__": {
         "val_loss": "0.25", "steps": "56", "total_steps": "86"}})
-    args = types.SimpleNamespace(lora_lrs=[], ft_lrs=[1e-5], statements_lrs=[], replay_lrs=[3e-4], replay_weights=[1.0],
-                                 methods={"lora"}, train_per_domain=2, model="base", epochs=1.0, device="cpu")
-    reproduce.stage_train(args, run)
-    assert trained == ["lora-weather-replay-lr0.0003.st", "lora-sports-replay-lr0.0003.st"]
-    assert json.loads((run / "models" / "lora-sports-replay-lr0.0003.done.json").read_text())["best_step"] == 56
-    assert not (run / "models" / "lora-music-replay-lr0.0003.done.json").exists()
-    assert sorted(p.name for p in (run / "models").glob("*.lock")) == ["lora-music-replay-lr0.0003.lock"]
+    reproduce.stage_train(train_args(), run)
+    assert trained == ["lora-weather.st", "lora-sports.st", "lora-multi.st"]
+    done = json.loads((run / "models" / "lora-sports.done.json").read_text())
+    assert (done["best_step"], done["lr"], done["replay"], done["seed"]) == (56, 3e-4, True, 1)
+    assert not (run / "models" / "lora-music.done.json").exists()
+    assert sorted(p.name for p in (run / "models").glob("*.lock")) == ["lora-music.lock"]
+    with pytest.raises(SystemExit, match="lora-weather .* other settings"):
+        reproduce.stage_train(train_args(lora_lr=1e-4), run)
