@@ -72,8 +72,9 @@ def is_english(text: str) -> bool:
 
 
 def check(text: str, seen: set[str], requests_only: bool = True) -> str | None:
-    """Why `text` must be dropped, or None. Does not add it to `seen`. requests_only=False
-    keeps statements too ("The Beatles released Abbey Road in 1969.")."""
+    """Why `text` must be dropped, or None. Does not add it to `seen`. requests_only=False,
+    for a domain spec with a "style", keeps statements too ("Please hold for the next
+    available agent.")."""
     if not text:
         return "empty"
     words = text.split()

@@ -39,6 +39,7 @@ class DomainSpec:
     description: str
     seeds: dict     # field -> list of values, for each of SEED_FIELDS
     examples: dict  # optional format examples: keywords, instruction (str), texts (list)
+    style: str | None = None  # what the texts are, if not requests to a voice assistant (datagen/prompts.py)
 
 
 def load_spec(domain: str) -> DomainSpec:
@@ -59,7 +60,12 @@ def load_spec(domain: str) -> DomainSpec:
     examples = raw.get("examples") or {}
     if not isinstance(examples, dict) or not isinstance(examples.get("texts", []), list):
         raise ValueError(f"domain spec {path}: 'examples' must be an object with keywords, instruction, texts (a list)")
-    return DomainSpec(name, raw.get("description") or name, {f: raw[f] for f in SEED_FIELDS}, examples)
+    style = raw.get("style")
+    if style is not None and not (isinstance(style, str) and style.strip()):
+        raise ValueError(f"domain spec {path}: 'style' must be a non-empty string, e.g. \"prompts that a phone "
+                         "system plays to a caller\" (leave it out for requests to a voice assistant)")
+    return DomainSpec(name, raw.get("description") or name, {f: raw[f] for f in SEED_FIELDS}, examples,
+                      style.strip() if style else None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,11 +121,12 @@ class Generator:
         rng = random.Random(f"{self.args.seed}/{self.store.run_index}/{job_id}")
         seed = {field: rng.choice(self.spec.seeds[field]) for field in SEED_FIELDS}
         llm_seed = rng.randrange(2**31)
-        domain, examples = self.spec.name, self.spec.examples
+        domain, examples, style = self.spec.name, self.spec.examples, self.spec.style
         # Phase 1: encode the seed into metadata, decode the metadata into an instruction.
-        answer = self.llm.chat(prompts.metadata_messages(domain, seed, examples.get("keywords")), 0.7, 48, llm_seed)
+        answer = self.llm.chat(prompts.metadata_messages(domain, seed, examples.get("keywords"), style),
+                               0.7, 48, llm_seed)
         metadata = _keywords(answer) or seed["skills"]
-        answer = self.llm.chat(prompts.instruction_messages(domain, seed, metadata, examples.get("instruction")),
+        answer = self.llm.chat(prompts.instruction_messages(domain, seed, metadata, examples.get("instruction"), style),
                                0.7, 80, llm_seed + 1)
         instruction = _first_line(answer, 40)
         if instruction is None or len(instruction.split()) < 4:
@@ -128,13 +135,14 @@ class Generator:
         # Phase 2: instruction -> texts -> clean -> speak.
         n = self.args.texts_per_instruction
         example = rng.choice(examples["texts"]) if examples.get("texts") else None
-        answer = self.llm.chat(prompts.texts_messages(domain, instruction, metadata, n, example),
+        answer = self.llm.chat(prompts.texts_messages(domain, instruction, metadata, n, example, style),
                                self.args.temperature, 40 * n, llm_seed + 2)
         added = 0
         for text in split_answer(answer or ""):
             if self.stop.is_set() or self.store.full:
                 break
-            reason = check(text, self.store.seen) or (
+            # Requests must read as requests; a styled domain's statements are its texts.
+            reason = check(text, self.store.seen, requests_only=style is None) or (
                 "copied_example" if normalise(text) in self._example_keys else self.store.reserve(text))
             if reason == "full":
                 break

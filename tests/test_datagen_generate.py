@@ -7,6 +7,7 @@ stated duration, no unlisted or temporary file left in audio/.
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import soundfile as sf
 
 from datagen import generate
 from datagen.clean import normalise
-from test_datagen_fakes import FakeLLM, FakeTTS
+from test_datagen_fakes import _WHO, FakeLLM, FakeTTS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = ["ok", "slow", "ok", "500", "ok", "429", "garbage", "ok", "drop", "refuse", "ok", "ok"]
@@ -143,3 +144,58 @@ def test_store_repairs_what_a_kill_leaves(tmp_path):
     assert [p.name for p in audio.iterdir()] == ["a.wav"]
     assert (tmp_path / "manifest.jsonl").read_text() == json.dumps(good) + "\n"
     assert store.reserve("who is ADELE") == "duplicate" and store.reserve("Who is Queen?") is None
+
+
+class PromptLLM(FakeLLM):
+    """Answers phase 2 with what a phone system says: statements, not requests."""
+
+    def answer(self, body) -> str:
+        prompt = body["messages"][-1]["content"]
+        m = re.search(r"Generate (\d+) ", prompt)
+        if prompt.startswith(("Domain:", "Base instruction")) or not m:
+            return super().answer(body)
+        self.prompts.append(body["messages"])
+        with self.counter_lock:
+            ks = [next(self.counter) for _ in range(int(m[1]))]
+        return "\n".join(f"Please hold, caller number {k} of the {_WHO[k % len(_WHO)]} queue." for k in ks)
+
+
+def test_a_domain_style_asks_for_its_texts_and_keeps_statements(tmp_path):
+    spec = tmp_path / "phone.json"
+    style = "recorded prompts that a phone system plays to a caller"
+    spec.write_text(json.dumps({"name": "phone", "style": style, "usecase": ["prompt writing"], "skills": ["queues"],
+                                "persona": ["call centre"], "instruction": ["write what a phone system says"]}))
+    assert generate.load_spec(str(spec)).style == style and generate.load_spec("music").style is None
+    llm, tts = PromptLLM(), FakeTTS()
+    llm.prompts = []
+    try:
+        args = argv(llm, tts, tmp_path / "out", 4)
+        args[args.index("--domain") + 1] = str(spec)
+        assert generate.main(parse(args)) == 0
+    finally:
+        llm.close(), tts.close()
+    rows = check_output(tmp_path / "out", 4)
+    assert all(r["text"].startswith("Please hold") for r in rows)  # statements kept: the spec's style
+    system, user = llm.prompts[0]
+    asked = user["content"].split("\n", 1)[1]  # after phase 1b's instruction (the fake's, about Adele)
+    assert style in asked and "voice assistant" not in system["content"] + asked
+    spec.write_text(json.dumps({**json.loads(spec.read_text()), "style": " "}))
+    try:
+        generate.load_spec(str(spec))
+        raise AssertionError("an empty style loaded")
+    except ValueError as e:
+        assert "'style' must be a non-empty string" in str(e)
+
+
+def test_without_a_style_the_prompts_are_the_voice_assistant_ones():
+    """The shipped domains have no style: their prompts are word for word what they always were."""
+    from datagen import prompts
+
+    seed = {"usecase": "trivia", "skills": "jazz", "persona": "radio DJ", "instruction": "ask about jazz"}
+    system = {"role": "system", "content": "You are a helpful assistant that writes realistic data for a voice assistant."}
+    assert prompts.instruction_messages("music", seed, "Miles Davis", "Ask.") == [system, {"role": "user", "content": (
+        "Base instruction: ask about jazz. Rewrite it as one specific instruction that asks for questions about "
+        "music, mentioning Miles Davis, written for a radio DJ. Answer with the instruction only. Example: Ask.")}]
+    assert prompts.texts_messages("music", "Ask.", "Miles Davis", 3, "Who?") == [system, {"role": "user", "content": (
+        "Ask.\nGenerate 3 chatbot questions or requests related to music about Miles Davis, as a user would say "
+        "them to a voice assistant. One per line, in English, no answers. Example: Who?")}]
