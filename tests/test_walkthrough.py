@@ -7,6 +7,7 @@ returns. Every name measured here must be quoted there, and every place named mu
 """
 
 import ast
+import copy
 import inspect
 import json
 import re
@@ -146,11 +147,10 @@ def measure_training(model, tokenizer, tmp: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def measured(base_tokenizer, tmp_path_factory) -> dict[str, tuple]:
-    torch.set_num_threads(2)
-    shapes = measure_transcribe(whisper_min.load_model("base"), base_tokenizer)
-    # a fresh copy of the model: LoRA goes into it
-    return shapes | measure_training(whisper_min.load_model("base"), base_tokenizer, tmp_path_factory.mktemp("w"))
+def measured(base_model, base_tokenizer, tmp_path_factory) -> dict[str, tuple]:
+    shapes = measure_transcribe(base_model, base_tokenizer)
+    # a copy of the model: LoRA goes into it
+    return shapes | measure_training(copy.deepcopy(base_model), base_tokenizer, tmp_path_factory.mktemp("w"))
 
 
 def quoted() -> dict[str, tuple[str, str, str]]:
