@@ -17,9 +17,9 @@ from decoders import ENDS, STRATEGIES, check_tau
 # Decoding defaults. route keeps one stream's whole transcript per utterance (decoders/route.py;
 # not the paper's token-level rule): on validation speech it made fewer errors than max-only, in
 # domain and out (RESULTS.md, "τ for routing"), and τ = 0.01 tied best there (a tie goes to the
-# larger τ, which leaves more utterances to the base). The end rule applies to the token-level strategies only: "base" lets only the base
-# model end the transcript, because the adapters, trained on single sentences, ended long real
-# prompts early; "any" is Algorithm 1 as written.
+# larger τ, which leaves more utterances to the base). The end rule applies to the token-level
+# strategies only: "base" lets only the base model end the transcript, because the adapters,
+# trained on single sentences, ended long real prompts early; "any" is Algorithm 1 as written.
 DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END = 0.01, "route", "base"
 
 
@@ -121,9 +121,11 @@ def cmd_eval(args) -> int:
     from whisper_min import DecodingOptions, get_tokenizer, load_model
 
     names = args.name or [p.parent.name or p.stem for p in args.data]
-    problems = [f"{len(names)} --name labels for {len(args.data)} --data files"] if len(names) != len(args.data) else []
-    problems += [f"--limit must be >= 1, not {args.limit}"] if args.limit is not None and args.limit < 1 else []
-    problems += [f"no such manifest: {p}" for p in args.data if not p.is_file()]
+    problems = [f"no such manifest: {p}" for p in args.data if not p.is_file()]
+    if len(names) != len(args.data):
+        problems.append(f"{len(names)} --name labels for {len(args.data)} --data files")
+    if args.limit is not None and args.limit < 1:
+        problems.append(f"--limit must be >= 1, not {args.limit}")
     if problems:
         print(f"das eval: {'; '.join(problems)}", file=sys.stderr)
         return 2

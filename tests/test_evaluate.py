@@ -186,3 +186,14 @@ def test_eval_end_to_end(tmp_path, capsys):
     assert 3.0 < r["audio_seconds"] < 10.0 and 0 < r["rtf"] < 5
     assert r["wer"] < 20  # tiny.en gets these two short, clean clips (nearly) right
     assert len(r["details"]) == 2 and r["details"][0]["ref_norm"] == "he was not an ill disposed young man"
+
+
+def test_eval_refuses_bad_arguments_before_loading_a_model(tmp_path, capsys):
+    manifest = tmp_path / "set" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text("")
+    for args, message in ((["--data", str(tmp_path / "none.jsonl")], f"no such manifest: {tmp_path / 'none.jsonl'}"),
+                          (["--data", str(manifest), "--name", "a", "b"], "2 --name labels for 1 --data files"),
+                          (["--data", str(manifest), "--limit", "0"], "--limit must be >= 1, not 0")):
+        assert das.main(["eval", "--model", "does-not-exist", *args]) == 2
+        assert message in capsys.readouterr().err
