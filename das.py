@@ -81,17 +81,13 @@ def render(result: dict, path: str, fmt: str, rtf: float, n_files: int, streams:
 def cmd_transcribe(args) -> int:
     import torch
 
-    from whisper_min import DecodingOptions, get_tokenizer, load_audio, load_model, transcribe
+    from whisper_min import DecodingOptions, load_audio, transcribe
     from whisper_min.audio import SAMPLE_RATE, AudioError
     from whisper_min.transcribe import TranscribeOptions
 
-    try:
-        model = load_model(args.model, device=args.device)
-        tokenizer = get_tokenizer(args.model, language=args.language)
-        decode_fn = load_decoder(args, model)
-    except (OSError, ValueError) as e:
-        print(f"das: {e}", file=sys.stderr)
+    if (loaded := load(args, "das")) is None:
         return 2
+    model, tokenizer, decode_fn = loaded
     options = DecodingOptions(language=args.language, without_timestamps=args.no_timestamps)
     failed = 0
     for path in args.files:
@@ -118,7 +114,7 @@ def cmd_transcribe(args) -> int:
 def cmd_eval(args) -> int:
     """`das.py eval`: WER and RTF of the model, with --loras or without, on each manifest."""
     from evaluation.evaluate import evaluate, transcriber, write_results
-    from whisper_min import DecodingOptions, get_tokenizer, load_model
+    from whisper_min import DecodingOptions
 
     names = args.name or [p.parent.name or p.stem for p in args.data]
     problems = [f"no such manifest: {p}" for p in args.data if not p.is_file()]
@@ -129,13 +125,9 @@ def cmd_eval(args) -> int:
     if problems:
         print(f"das eval: {'; '.join(problems)}", file=sys.stderr)
         return 2
-    try:
-        model = load_model(args.model, device=args.device)
-        tokenizer = get_tokenizer(args.model, language=args.language)
-        decode_fn = load_decoder(args, model)
-    except (OSError, ValueError) as e:
-        print(f"das eval: {e}", file=sys.stderr)
+    if (loaded := load(args, "das eval")) is None:
         return 2
+    model, tokenizer, decode_fn = loaded
     # Test utterances are short requests, decoded as the adapters were trained: no timestamps.
     options = DecodingOptions(language=args.language, without_timestamps=True)
     results = evaluate(args.data, names, transcriber(model, tokenizer, options, decode_fn), args.limit)
@@ -143,6 +135,18 @@ def cmd_eval(args) -> int:
               "tau": float(args.tau), "strategy": args.strategy, "end": args.end, "device": args.device}
     write_results(results, config, args.json)
     return 1 if any(r["skipped"] for r in results) else 0
+
+
+def load(args, prog: str):
+    """(model, tokenizer, window decoder) for the model flags, or None once stderr says why."""
+    from whisper_min import get_tokenizer, load_model
+
+    try:
+        model = load_model(args.model, device=args.device)
+        return model, get_tokenizer(args.model, language=args.language), load_decoder(args, model)
+    except (OSError, ValueError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
 
 
 def load_decoder(args, model):
