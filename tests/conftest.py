@@ -56,6 +56,17 @@ def tts_clips(tmp_path_factory) -> list[tuple[Path, str]]:
     return clips
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests, which ask for it with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`: on a loaded two-core machine two
+    OpenMP threads fighting over small ops and SVDs run far slower, not faster."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def base_model():
     torch.set_num_threads(2)

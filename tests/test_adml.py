@@ -17,6 +17,8 @@ import whisper_min
 from whisper_min.decoding import DecodingOptions, decode
 from whisper_min.model import ModelDimensions, Whisper
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: tests/conftest.py
+
 # Logits of the tiny model are O(10); batched and stand-alone forms differ only in fp32
 # summation order, measured at ~1e-5. The tolerance leaves room for other BLAS kernels.
 LOGIT_ATOL, LOGIT_RTOL = 2e-4, 1e-4
@@ -38,14 +40,6 @@ def random_adapter(model, rank: int, seed: int, scale: float = 0.05, targets=ALL
             deltas[f"decoder.blocks.{i}.{t}"] = (A, B)
     return type("Adapter", (), {"name": name or f"random{seed}", "metadata": {}, "deltas": deltas})()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small ops on a shared 2-core machine: OpenMP's second thread costs more than it gives.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,10 @@ import adml
 import decoders
 import lora
 from decoders import reference
-from test_adml import OPTIONS, one_thread, tiny, tiny_features, tokenizer  # noqa: F401 (fixtures)
+from test_adml import OPTIONS, tiny, tiny_features, tokenizer  # noqa: F401 (fixtures)
 from whisper_min.decoding import decode
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: tests/conftest.py
 
 
 def adapter_files(model, folder, domains=("music", "sports")) -> list:

@@ -16,17 +16,11 @@ import lora
 from training.methods import count_parameters
 from whisper_min.model import ModelDimensions, Whisper
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: tests/conftest.py
+
 TINY = ModelDimensions(n_mels=80, n_audio_ctx=16, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
                        n_vocab=100, n_text_ctx=24, n_text_state=32, n_text_head=2, n_text_layer=2)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # SVD and small matmuls crawl when two OpenMP threads fight for a loaded two-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(seed=0, dims=TINY) -> Whisper:

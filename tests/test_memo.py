@@ -19,16 +19,10 @@ from whisper_min.model import ModelDimensions, Whisper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from memo import EncoderMemo, StreamMemo  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: tests/conftest.py
+
 OPTIONS = DecodingOptions(sample_len=12)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small ops on a shared 2-core machine: OpenMP's second thread costs more than it gives.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def tiny_decoder_model() -> Whisper:

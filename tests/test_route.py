@@ -13,10 +13,12 @@ import adml
 import decoders
 from decoders import reference, route, rules
 import lora
-from test_adml import (LOGIT_ATOL, LOGIT_RTOL, OPTIONS, merged_logits, one_thread,  # noqa: F401
+from test_adml import (LOGIT_ATOL, LOGIT_RTOL, OPTIONS, merged_logits,  # noqa: F401
                        tiny, tiny_adapters, tiny_features, tokenizer)
 from test_decoders import adapter_files
 from whisper_min.decoding import decode, initial_tokens
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: tests/conftest.py
 
 
 def each_stream(model, tokenizer, audio, adapters):

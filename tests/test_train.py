@@ -25,18 +25,13 @@ from whisper_min import resolve_model
 from whisper_min.load import save_model_dir
 from whisper_min.model import AudioEncoder, ModelDimensions, Whisper
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: tests/conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
                        n_vocab=51864, n_text_ctx=64, n_text_state=32, n_text_head=2, n_text_layer=4)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a loaded two-core box run 50x slower, not 2x faster
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from training import train
 from whisper_min import DecodingOptions, decode, get_tokenizer, load_model
 from whisper_min.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: tests/conftest.py
+
 DATA = Path("/usr/share/pocketsphinx/test/data")
 
 
@@ -36,13 +38,6 @@ def transcribe(model, tokenizer, rows) -> list[str]:
                        for r in rows])
     return [r.text for r in decode(model, mel, tokenizer, DecodingOptions(without_timestamps=True))]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a loaded two-core box run far slower, not faster
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow  # about a minute on one CPU thread: 10 steps of 8 through tiny.en, 16 greedy decodes
