@@ -42,6 +42,8 @@ INFERENCE = {
     "mel": (whisper_min.transcribe, "mel", 0),
     "window": (whisper_min.transcribe, "segment_mel", 0),
     "audio features": (route.decode_streams, "features", 0),
+    "stacked A": (adml.stack_adapters, "A", 0),
+    "stacked B": (adml.stack_adapters, "B", 0),
     "k0": (adml.MultiLoRACrossAttention.cross, "kv.k0", 0),
     "pv": (adml.MultiLoRACrossAttention.cross, "kv.pv", 0),
     "self-attention cache": (MultiHeadAttention.forward, "cache[0]", 0),
@@ -116,13 +118,10 @@ def read(seen, table) -> dict[str, tuple]:
 def measure_transcribe(model, tokenizer) -> dict[str, tuple]:
     """A 3.0 s clip through what `das.py transcribe --loras music,weather,sports` runs."""
     audio = whisper_min.load_audio(str(CLIP))[:48000]
-    decode_fn = decoders.make_decoder(model, [str(p) for p in ADAPTERS], tau=0.01, strategy="route")
     with watching([fn for fn, _, _ in INFERENCE.values()]) as seen, torch.inference_mode():
+        decode_fn = decoders.make_decoder(model, [str(p) for p in ADAPTERS], tau=0.01, strategy="route")
         whisper_min.transcribe(model, audio, tokenizer, DecodingOptions(language="en"), decode_fn=decode_fn)
-    out = read(seen, INFERENCE)
-    stack = adml.load_stack(model, [str(p) for p in ADAPTERS])
-    out["stacked A"], out["stacked B"] = (tuple(t.shape) for t in stack.deltas["decoder.blocks.0.attn.query"])
-    return out
+    return read(seen, INFERENCE)
 
 
 def measure_training(model, tokenizer, tmp: Path) -> dict[str, tuple]:
