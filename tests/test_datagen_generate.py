@@ -88,18 +88,23 @@ def test_unknown_domain_and_engine_are_clear_errors(tmp_path, capsys):
     assert "--llm-url: no LLM server URL given" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_custom_domain_spec_path(tmp_path):
-    spec = tmp_path / "cooking.json"
-    spec.write_text(json.dumps({"name": "cooking", "usecase": ["question generation"], "skills": ["baking"],
-                                "persona": ["chef"], "instruction": ["generate chatbot questions about cooking"]}))
-    llm, tts = FakeLLM(), FakeTTS()
+def generate_from_spec(tmp_path: Path, spec: Path, llm: FakeLLM, count: int = 4) -> list[dict]:
+    """`generate --domain SPEC` against `llm` and a fake TTS; the checked manifest rows."""
+    tts = FakeTTS()
     try:
-        args = argv(llm, tts, tmp_path / "out", 4)
+        args = argv(llm, tts, tmp_path / "out", count)
         args[args.index("--domain") + 1] = str(spec)
         assert generate.main(parse(args)) == 0
     finally:
         llm.close(), tts.close()
-    assert {r["domain"] for r in check_output(tmp_path / "out", 4)} == {"cooking"}
+    return check_output(tmp_path / "out", count)
+
+
+def test_custom_domain_spec_path(tmp_path):
+    spec = tmp_path / "cooking.json"
+    spec.write_text(json.dumps({"name": "cooking", "usecase": ["question generation"], "skills": ["baking"],
+                                "persona": ["chef"], "instruction": ["generate chatbot questions about cooking"]}))
+    assert {r["domain"] for r in generate_from_spec(tmp_path, spec, FakeLLM())} == {"cooking"}
 
 
 def test_resume_after_kill_9(tmp_path):
@@ -166,15 +171,9 @@ def test_a_domain_style_asks_for_its_texts_and_keeps_statements(tmp_path):
     spec.write_text(json.dumps({"name": "phone", "style": style, "usecase": ["prompt writing"], "skills": ["queues"],
                                 "persona": ["call centre"], "instruction": ["write what a phone system says"]}))
     assert generate.load_spec(str(spec)).style == style and generate.load_spec("music").style is None
-    llm, tts = PromptLLM(), FakeTTS()
+    llm = PromptLLM()
     llm.prompts = []
-    try:
-        args = argv(llm, tts, tmp_path / "out", 4)
-        args[args.index("--domain") + 1] = str(spec)
-        assert generate.main(parse(args)) == 0
-    finally:
-        llm.close(), tts.close()
-    rows = check_output(tmp_path / "out", 4)
+    rows = generate_from_spec(tmp_path, spec, llm)
     assert all(r["text"].startswith("Please hold") for r in rows)  # statements kept: the spec's style
     system, user = llm.prompts[0]
     asked = user["content"].split("\n", 1)[1]  # after phase 1b's instruction (the fake's, about Adele)
