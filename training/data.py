@@ -102,10 +102,14 @@ class Job:
     n_prompt: int  # start tokens before the text: no loss on them
     eot: int  # end of text: the last target, and the padding
     steps_per_epoch: int
-    total: int
-    batches: list[list[tuple[int, int]]]
+    batches: list[list[tuple[int, int]]]  # every step's (domain, index) pairs
     replay_batches: list[list[tuple[int, int]]] | None
     run_id: str = ""
+
+    @property
+    def total(self) -> int:
+        """Steps in the whole run."""
+        return len(self.batches)
 
 
 def read_data(args, tokenizer, n_text_ctx: int, world: int, base_fingerprint: str) -> Job:
@@ -128,7 +132,7 @@ def read_data(args, tokenizer, n_text_ctx: int, world: int, base_fingerprint: st
               data_sha=hashlib.sha256(b"".join(m.read_bytes() for m in manifests)).hexdigest(),
               val_sha=sha(args.val), replay_sha=sha(args.replay), n_prompt=len(tokenizer.sot_sequence) + 1,
               eot=tokenizer.eot,
-              steps_per_epoch=steps_per_epoch, total=total,
+              steps_per_epoch=steps_per_epoch,
               batches=schedule([len(d) for d in data], args.batch_size, total, args.seed),
               # Replay batches come from a stream of their own, also a pure function of (seed, step).
               replay_batches=schedule([len(replay)], replay_batch, total, args.seed + 1) if replay else None)
