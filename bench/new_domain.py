@@ -1,0 +1,248 @@
+"""A new domain from its name alone, scored on real speech of that domain: README's path from
+a domain name to an adapter, then the new adapter beside the three that ship.
+
+    python bench/new_domain.py --domain telephony --real asterisk --run runs/telephony
+
+Everything lands in --run; each stage skips what is done, so rerun the command to resume.
+
+  generate  the domain's training items (datagen through two local LLM servers, TRAIN_VOICES,
+            LLM seed 0) and, from another LLM run, its test items (TEST_VOICES, seed 3000); test
+            sets of the shipped domains made as the study makes them; the replay set.
+  split     10% of the training items, by a hash of the text, become validation; a test item
+            whose text is also a training text is dropped.
+  ood       the real-speech manifests (study_data.stage_ood), --real among them.
+  train     das.py train with the recipe of the adapters that ship (bench/reproduce.py's).
+  eval      four systems under das.py's default decoding: the base, the new adapter alone, DAS
+            with the three shipped adapters, DAS with all four. Each stream decodes on its own,
+            so one decode of all four adapters' streams per window serves every system
+            (memo.StreamMemo routing among a subset; tests/test_memo.py).
+  check     das.py eval itself, each system on the first --check utterances of every set: its
+            transcripts must equal the eval stage's.
+  report    report.md: every change with its paired-bootstrap interval, and the first
+            utterances of --real that DAS with four adapters still gets wrong.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import bootstrap
+from reproduce import train_command
+from study_data import (DOMAINS, OOD_SETS, REPLAY_COUNT, ROOT, TEST_VOICES, TRAIN_VOICES, is_validation, log,
+                        read_rows, replay_texts, run_llm_jobs, run_logged, speak_texts, write_rows)
+
+from datagen.clean import normalise
+
+STAGES = ("generate", "split", "ood", "train", "eval", "check", "report")
+SEEDS = {"train": 0, "test_raw": 3000}  # the study's: training and test texts from separate LLM runs
+
+
+def systems(domain: str) -> dict[str, list[int]]:
+    """System name -> the adapters routing may choose (1-3: the shipped ones, 4: the new one)."""
+    return {"base": [], f"{domain} alone": [4], "DAS-3": [1, 2, 3], "DAS-4": [1, 2, 3, 4]}
+
+
+def adapter_files(args, run: Path) -> list[Path]:
+    return [ROOT / "adapters" / f"{d}.st" for d in DOMAINS] + [run / "models" / f"lora-{args.domain}.st"]
+
+
+def test_sets(args, run: Path) -> dict[str, Path]:
+    """The real in-domain set first, then real out-of-domain speech, then the synthetic sets."""
+    ood = run / "data" / "ood"
+    real = [args.real] + [s for s in OOD_SETS if s != args.real] + [p.stem for p in args.extra_real]
+    return {**{s: ood / f"{s}.jsonl" for s in real},
+            **{d: run / "data" / "test_raw" / d / "test.jsonl" for d in (*DOMAINS, args.domain)}}
+
+
+def stage_generate(args, run: Path) -> None:
+    data = run / "data"
+    sets = [(data / "train" / args.domain, args.count, TRAIN_VOICES, 2),
+            (data / "test_raw" / args.domain, args.test_count, TEST_VOICES, 1),
+            *((data / "test_raw" / d, args.shipped_test_count, TEST_VOICES, 1) for d in DOMAINS)]
+    jobs = [([sys.executable, "das.py", "generate", "--domain", args.spec if out.name == args.domain else out.name,
+              "--count", str(count), "--out", str(out), "--tts", voices, "--workers", str(workers),
+              "--seed", str(SEEDS[out.parent.name]), "--progress-every", "60"],
+             run / "logs" / f"generate_{out.parent.name}_{out.name}.log")
+            for out, count, voices, workers in sets if len(read_rows(out / "manifest.jsonl")) < count]
+    speak_texts(replay_texts(REPLAY_COUNT), data / "replay", TRAIN_VOICES)
+    run_llm_jobs(args, run, jobs)
+
+
+def stage_split(args, run: Path) -> dict:
+    data, d = run / "data", args.domain
+    rows = read_rows(data / "train" / d / "manifest.jsonl")[: args.count]
+    write_rows(data / "train" / d / "fit.jsonl", [r for r in rows if not is_validation(r["text"], 0.1)])
+    write_rows(data / "train" / d / "val.jsonl", [r for r in rows if is_validation(r["text"], 0.1)])
+    # The shipped adapters' training texts are not kept, so only the new domain's are dropped.
+    train_keys, sizes = {normalise(r["text"]) for r in rows}, {}
+    for name, count in ((d, args.test_count), *((s, args.shipped_test_count) for s in DOMAINS)):
+        test, kept, seen = read_rows(data / "test_raw" / name / "manifest.jsonl")[:count], [], set()
+        for r in test:
+            if (key := normalise(r["text"])) not in train_keys and key not in seen:
+                seen.add(key)
+                kept.append(r)
+        write_rows(data / "test_raw" / name / "test.jsonl", kept)
+        sizes[name] = {"test": len(kept), "dropped_overlap": len(test) - len(kept)}
+    sizes[d].update(fit=len(read_rows(data / "train" / d / "fit.jsonl")),
+                    val=len(read_rows(data / "train" / d / "val.jsonl")))
+    (data / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
+    log(f"split: {json.dumps(sizes)}")
+    return sizes
+
+
+def stage_ood(args, run: Path) -> None:
+    from study_data import stage_ood as study_ood
+
+    study_ood(args, run)
+    for path in args.extra_real:  # more real speech: manifests with absolute audio paths
+        write_rows(run / "data" / "ood" / f"{path.stem}.jsonl", read_rows(path))
+
+
+def stage_train(args, run: Path) -> None:
+    import lora
+
+    name, models = f"lora-{args.domain}", run / "models"
+    done = models / f"{name}.done.json"
+    if done.is_file():
+        return
+    spec = {"name": name, "method": "lora", "data": [args.domain], "lr": args.lr, "replay": True}
+    models.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    run_logged(train_command(args, run, spec) + (["--resume"] if (models / f"{name}.ckpt.st").is_file() else []),
+               run / "logs" / f"train_{name}.log")
+    meta = lora.read_header(models / f"{name}.st")["__metadata__"]
+    done.write_text(json.dumps({**spec, "val_loss": float(meta["val_loss"]), "best_step": int(meta["steps"]),
+                                "total_steps": int(meta["total_steps"]), "seconds": round(time.time() - t, 1)},
+                               indent=1) + "\n")
+
+
+def stage_eval(args, run: Path) -> None:
+    import torch
+
+    import whisper_min
+    from adml import load_stack
+    from das import DEFAULT_TAU
+    from evaluation.evaluate import evaluate_set, read_manifest, transcriber
+    from memo import EncoderMemo, StreamMemo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = whisper_min.load_model(args.model, device=args.device)
+    tokenizer = whisper_min.get_tokenizer(args.model, language="en")
+    options = whisper_min.DecodingOptions(language="en", without_timestamps=True)  # as das.py eval
+    model.embed_audio = EncoderMemo(model, run / "cache" / "eval")
+    memo = StreamMemo(load_stack(model, [str(f) for f in adapter_files(args, run)]))
+    for set_name, path in test_sets(args, run).items():
+        rows = read_manifest(path) if path.is_file() else []
+        if not rows:
+            log(f"eval: {set_name} waits for {path} (stages generate, split)")
+            continue
+        for system, adapters in systems(args.domain).items():
+            out = run / "eval" / system / f"{set_name}.json"
+            if out.is_file():
+                continue
+            t = time.time()
+            transcribe_fn = transcriber(model, tokenizer, options, memo.decoder(DEFAULT_TAU, [0, *adapters]))
+            result = evaluate_set(rows, transcribe_fn, f"{system} on {set_name}")
+            result.update(system=system, test_set=set_name, seconds=round(time.time() - t, 1))
+            result.pop("rtf", None)  # meaningless with the encoder and streams shared between systems
+            write_rows(out, [result])
+            log(f"{system} on {set_name}: WER {result['wer']}% ({result['utterances']} utts, {result['seconds']} s)")
+
+
+def stage_check(args, run: Path) -> dict:
+    """das.py eval on the first --check utterances of each set, per system: the eval stage's
+    shared decode must give the transcripts das.py gives."""
+    sets, files = test_sets(args, run), adapter_files(args, run)
+    checked, differ = 0, []
+    for system, adapters in systems(args.domain).items():
+        out = run / "check" / f"{system}.json"
+        if not out.is_file():
+            loras = ",".join(str(files[i - 1]) for i in adapters)
+            run_logged([sys.executable, "das.py", "eval", "--model", args.model, "--loras", loras,
+                        "--data", *map(str, sets.values()), "--name", *sets, "--limit", str(args.check),
+                        "--json", str(out)], run / "logs" / "check.log")
+        for r in json.loads(out.read_text())["results"]:
+            ours = {d["audio"]: d["hypothesis"] for d in json.loads((run / "eval" / system / f"{r['name']}.json")
+                                                                      .read_text())["details"]}
+            for d in r["details"]:
+                checked += 1
+                if ours[d["audio"]] != d["hypothesis"]:
+                    differ.append({"system": system, "audio": d["audio"], "das.py": d["hypothesis"],
+                                   "eval": ours[d["audio"]]})
+    summary = {"checked": checked, "differ": differ}
+    (run / "check" / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    log(f"check: {checked - len(differ)} of {checked} transcripts equal das.py eval's")
+    return summary
+
+
+def results(run: Path, system: str, names) -> list[dict]:
+    return [json.loads((run / "eval" / system / f"{s}.json").read_text()) for s in names]
+
+
+def stage_report(args, run: Path) -> Path:
+    """report.md: WER per system and set, then each comparison as a relative change with its
+    95% paired-bootstrap interval (bench/bootstrap.py), per set and pooled over real
+    out-of-domain speech; then the first 20 --real utterances DAS-4 still gets wrong."""
+    names, alone = list(test_sets(args, run)), f"{args.domain} alone"
+    groups = {s: [s] for s in names}
+    groups["real out-of-domain, pooled"] = [s for s in names[1:] if s not in (*DOMAINS, args.domain)]
+    pairs = [("base", alone), ("base", "DAS-3"), ("base", "DAS-4"), ("DAS-3", "DAS-4")]
+    head = ["test set", "utts", *(f"WER {s}" for s in systems(args.domain)), *(f"{n} vs {o}" for o, n in pairs)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, sets in groups.items():
+        res = {s: results(run, s, sets) for s in systems(args.domain)}
+        wers = [100 * sum(r["errors"] for r in rs) / sum(r["ref_words"] for r in rs) for rs in res.values()]
+        changes = [bootstrap.describe(bootstrap.relative_change(*bootstrap.paired(res[o], res[n]))) for o, n in pairs]
+        lines.append(f"| {group} | {sum(r['utterances'] for r in res['base'])} | "
+                     + " | ".join(f"{w:.2f}" for w in wers) + " | " + " | ".join(changes) + " |")
+    wrong = [d for d in results(run, "DAS-4", [args.real])[0]["details"] if d["ref_norm"] != d["hyp_norm"]]
+    errors = [f"- `{Path(d['audio']).name}`: \"{d['ref_norm']}\" → \"{d['hyp_norm']}\"" for d in wrong[:20]]
+    check = json.loads((run / "check" / "summary.json").read_text()) if (run / "check" / "summary.json").is_file() \
+        else None
+    text = "\n".join([
+        f"# {args.domain}: a domain from its name, on real speech", "",
+        "Relative changes in summed word errors, 95% paired-bootstrap interval in brackets.", "", *lines, "",
+        f"das.py eval gave the same transcripts on {check['checked'] - len(check['differ'])} of {check['checked']} "
+        "checked utterances." if check else "The check stage has not run.", "",
+        f"## {args.real}: DAS-4 still wrong on {len(wrong)} utterances; the first {len(errors)} in file order", "",
+        *errors, ""])
+    (run / "report.md").write_text(text)
+    log(f"report: {run / 'report.md'}")
+    return run / "report.md"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="runs/new_domain", type=Path, help="folder for everything this makes")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--domain", required=True, help="a domain spec: a name under datagen/domains/ or a .json path")
+    p.add_argument("--real", required=True, choices=OOD_SETS, help="the real speech of the new domain")
+    p.add_argument("--extra-real", nargs="*", default=[], type=Path,
+                   help="more real out-of-domain speech: manifests with absolute audio paths, named by file")
+    p.add_argument("--count", type=int, default=1500,
+                   help="training items generated, 10%% of them for validation (the shipped recipe)")
+    p.add_argument("--test-count", type=int, default=200, help="synthetic test items of the new domain")
+    p.add_argument("--shipped-test-count", type=int, default=100, help="synthetic test items per shipped domain")
+    p.add_argument("--model", default="base", help="Whisper model")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: training and evaluation")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for eval (0: torch's default)")
+    p.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate (the shipped recipe)")
+    p.add_argument("--epochs", type=float, default=1, help="epochs (the shipped recipe)")
+    p.add_argument("--seed", type=int, default=1, help="training seed (the shipped recipe)")
+    p.add_argument("--check", type=int, default=5, help="utterances per set the check stage decodes with das.py")
+    p.add_argument("--llm-url", default=None, help="OpenAI-compatible LLM (default: start bench/llm_server.sh)")
+    args = p.parse_args(argv)
+    args.spec, args.domain = args.domain, Path(args.domain).stem  # a spec path's domain is its file's name
+    run = args.run.resolve()
+    stages = {"generate": stage_generate, "split": stage_split, "ood": stage_ood, "train": stage_train,
+              "eval": stage_eval, "check": stage_check, "report": stage_report}
+    for stage in args.stages.split(","):
+        stages[stage](args, run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
