@@ -1,6 +1,7 @@
-"""The adapters in adapters/ (trained by bench/reproduce.py on Whisper base): they load, they
-were made for the base model that ships, and on the example clips README's Run command prints
-what README shows and moves the transcripts toward the references."""
+"""The adapters in adapters/ (music, weather and sports trained by bench/reproduce.py, telephony by
+bench/new_domain.py, all on Whisper base): they load, they were made for the base model that
+ships, and on the example clips README's Run command prints what README shows and moves the
+transcripts toward the references."""
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from evaluation.evaluate import word_errors
 from evaluation.normalize import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
-ADAPTERS = [ROOT / "adapters" / f"{d}.st" for d in ("music", "weather", "sports")]
+ADAPTERS = [ROOT / "adapters" / f"{d}.st" for d in ("music", "weather", "sports", "telephony")]
 EXAMPLES = ROOT / "examples"
 
 
