@@ -69,18 +69,14 @@ class StreamMemo:
         self.results: dict[str, list[list[DecodingResult]]] = {}
         self.decodes = 0  # windows actually decoded (the rest came from memory)
 
-    def decoder(self, tau: float, streams: list[int] | None = None):
-        """A `decode_fn(model, mel, tokenizer, options, audio_features=None)` routing at τ.
-        `streams` (0 is the base, i the stack's adapter i - 1; default all) are the ones routing
-        may choose: each stream decodes on its own, so routing among some of them equals routing
-        with only their adapters loaded, and one decode of every adapter serves each subset."""
-        keep = list(range(self.stack.k + 1)) if streams is None else streams
+    def decoder(self, tau: float):
+        """A `decode_fn(model, mel, tokenizer, options, audio_features=None)` routing at τ."""
         def decode_fn(model, mel, tokenizer, options=DecodingOptions(), audio_features=None):
             # The window's exact mel and the options (a prompt, say) decide every stream's transcript.
             key = mel_key(mel) + f"{tuple(mel.shape)}{options!r}"
             if key not in self.results:
                 self.results[key] = decode_streams(model, mel, tokenizer, options, audio_features, self.stack)
                 self.decodes += 1
-            return route([self.results[key][i] for i in keep], tau)
+            return route(self.results[key], tau)
 
         return decode_fn

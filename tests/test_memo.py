@@ -68,29 +68,6 @@ def test_stream_memo_routes_one_decode_at_every_tau():
     assert memo.decodes == 2
 
 
-
-def test_stream_memo_routes_a_subset_as_if_only_its_adapters_were_loaded():
-    """One decode of three adapters serves every subset of them: routing among streams 0 and 2
-    (the base, the second adapter) equals a routed decode with the second adapter alone, and
-    among 0, 1, 3 one with the first and third stacked."""
-    model, tokenizer = tiny_decoder_model(), whisper_min.get_tokenizer("base")
-    audio = torch.randn(6, 12, 64, generator=torch.Generator().manual_seed(3))  # encoder output (U, frames, D)
-    adapters = random_adapters(model)
-    memo = StreamMemo(adml.stack_adapters(adapters, model))
-    mel = torch.randn(6, 80, 20, generator=torch.Generator().manual_seed(1))  # only the memo's key
-    for streams, alone in (([0, 2], [adapters[1]]), ([0, 1, 3], [adapters[0], adapters[2]]), ([0], [])):
-        got = memo.decoder(0.0, streams)(model, mel, tokenizer, OPTIONS, audio_features=audio)
-        if alone:
-            want = decode_routed(model, None, tokenizer, OPTIONS, audio, adml.stack_adapters(alone, model), 0.0)
-        else:
-            want = decode(model, None, tokenizer, OPTIONS, audio_features=audio)
-        assert [(r.tokens, r.text) for r in got] == [(r.tokens, r.text) for r in want]
-        if alone:
-            assert [r.stream_tokens for r in got] == [r.stream_tokens for r in want]
-    assert memo.decodes == 1
-    # Not vacuous: the second adapter wins some utterances, so the subsets really differ.
-    assert any(r.stream_tokens[1] for r in memo.decoder(0.0, [0, 2])(model, mel, tokenizer, OPTIONS, audio))
-
 def test_encoder_memo_is_bit_identical_and_runs_the_encoder_once(tmp_path):
     torch.manual_seed(0)
     model = Whisper(ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
