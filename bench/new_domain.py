@@ -12,10 +12,10 @@ Everything lands in --run; each stage skips what is done, so rerun the command t
             whose text is also a training text is dropped.
   ood       the real-speech manifests (study_data.stage_ood), --real among them.
   train     das.py train with the recipe of the adapters that ship (bench/reproduce.py's).
-  eval      four systems under das.py's default decoding: the base, the new adapter alone, DAS
-            with the three shipped adapters, DAS with all four. Each stream decodes on its own,
-            so one decode of all four adapters' streams per window serves every system
-            (memo.StreamMemo routing among a subset; tests/test_memo.py).
+  eval      four systems, each decoded as das.py decodes it: the base (plain decoding), the new
+            adapter alone (one file: merged in, nothing to route), DAS with the three shipped
+            adapters and with all four (routing, das.py's τ). The frozen encoder runs once per
+            window for all of them (memo.EncoderMemo).
   check     das.py eval itself, each system on the first --check utterances of every set: its
             transcripts must equal the eval stage's.
   report    report.md: every change with its paired-bootstrap interval, and the first
@@ -40,7 +40,7 @@ SEEDS = {"train": 0, "test_raw": 3000}  # the study's: training and test texts f
 
 
 def systems(domain: str) -> dict[str, list[int]]:
-    """System name -> the adapters routing may choose (1-3: the shipped ones, 4: the new one)."""
+    """System name -> its adapters (1-3: the shipped ones, 4: the new one)."""
     return {"base": [], f"{domain} alone": [4], "DAS-3": [1, 2, 3], "DAS-4": [1, 2, 3, 4]}
 
 
@@ -122,10 +122,10 @@ def stage_eval(args, run: Path) -> None:
     import torch
 
     import whisper_min
-    from adml import load_stack
-    from das import DEFAULT_TAU
+    from das import DEFAULT_END, DEFAULT_STRATEGY, DEFAULT_TAU
+    from decoders import make_decoder
     from evaluation.evaluate import evaluate_set, read_manifest, transcriber
-    from memo import EncoderMemo, StreamMemo
+    from memo import EncoderMemo
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,7 +133,7 @@ def stage_eval(args, run: Path) -> None:
     tokenizer = whisper_min.get_tokenizer(args.model, language="en")
     options = whisper_min.DecodingOptions(language="en", without_timestamps=True)  # as das.py eval
     model.embed_audio = EncoderMemo(model, run / "cache" / "eval")
-    memo = StreamMemo(load_stack(model, [str(f) for f in adapter_files(args, run)]))
+    files = adapter_files(args, run)
     for set_name, path in test_sets(args, run).items():
         rows = read_manifest(path) if path.is_file() else []
         if not rows:
@@ -144,7 +144,10 @@ def stage_eval(args, run: Path) -> None:
             if out.is_file():
                 continue
             t = time.time()
-            transcribe_fn = transcriber(model, tokenizer, options, memo.decoder(DEFAULT_TAU, [0, *adapters]))
+            loras = [str(files[i - 1]) for i in adapters]  # as das.py's load_decoder
+            decode_fn = make_decoder(model, loras, DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END) if loras \
+                else whisper_min.decode
+            transcribe_fn = transcriber(model, tokenizer, options, decode_fn)
             result = evaluate_set(rows, transcribe_fn, f"{system} on {set_name}")
             result.update(system=system, test_set=set_name, seconds=round(time.time() - t, 1))
             result.pop("rtf", None)  # meaningless with the encoder and streams shared between systems
@@ -194,7 +197,8 @@ def stage_report(args, run: Path) -> Path:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, sets in groups.items():
         res = {s: results(run, s, sets) for s in systems(args.domain)}
-        wers = [100 * sum(r["errors"] for r in rs) / sum(r["ref_words"] for r in rs) for rs in res.values()]
+        wers = [100 * sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in rs)
+                / sum(r["ref_words"] for r in rs) for rs in res.values()]
         changes = [bootstrap.describe(bootstrap.relative_change(*bootstrap.paired(res[o], res[n]))) for o, n in pairs]
         lines.append(f"| {group} | {sum(r['utterances'] for r in res['base'])} | "
                      + " | ".join(f"{w:.2f}" for w in wers) + " | " + " | ".join(changes) + " |")

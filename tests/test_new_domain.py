@@ -1,6 +1,6 @@
 """bench/new_domain.py's bookkeeping on made-up run folders: the split, the recipe it trains,
-and the report's arithmetic. (That its shared decode equals das.py's: tests/test_memo.py, and
-its own check stage on real runs.)"""
+and the report's arithmetic. (That its transcripts equal das.py eval's: its own check stage,
+on real runs.)"""
 import argparse
 import json
 import sys
@@ -59,8 +59,8 @@ def test_train_is_the_shipped_recipe_with_replay(tmp_path, monkeypatch):
 def fake_result(name: str, errors: list[int], hyps: list[str]) -> dict:
     details = [{"audio": f"/a/{name}{i}.wav", "substitutions": e, "deletions": 0, "insertions": 0,
                 "ref_norm": f"ref {i}", "hyp_norm": h, "hypothesis": h} for i, (e, h) in enumerate(zip(errors, hyps))]
-    return {"name": name, "utterances": len(errors), "errors": sum(errors), "ref_words": 10 * len(errors),
-            "details": details}
+    return {"name": name, "utterances": len(errors), "substitutions": sum(errors), "deletions": 0, "insertions": 0,
+            "ref_words": 10 * len(errors), "details": details}
 
 
 def test_report_changes_pool_the_real_speech_and_list_remaining_errors(tmp_path):
