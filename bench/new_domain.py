@@ -150,14 +150,14 @@ def stage_eval(args, run: Path) -> None:
             transcribe_fn = transcriber(model, tokenizer, options, decode_fn)
             result = evaluate_set(rows, transcribe_fn, f"{system} on {set_name}")
             result.update(system=system, test_set=set_name, seconds=round(time.time() - t, 1))
-            result.pop("rtf", None)  # meaningless with the encoder and streams shared between systems
+            result.pop("rtf", None)  # meaningless with the encoder shared between systems
             write_rows(out, [result])
             log(f"{system} on {set_name}: WER {result['wer']}% ({result['utterances']} utts, {result['seconds']} s)")
 
 
 def stage_check(args, run: Path) -> dict:
-    """das.py eval on the first --check utterances of each set, per system: the eval stage's
-    shared decode must give the transcripts das.py gives."""
+    """das.py eval on the first --check utterances of each set, per system: the eval stage,
+    with its encoder shared, must give the transcripts das.py gives."""
     sets, files = test_sets(args, run), adapter_files(args, run)
     checked, differ = 0, []
     for system, adapters in systems(args.domain).items():
