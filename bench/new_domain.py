@@ -15,7 +15,7 @@ Everything lands in --run; each stage skips what is done, so rerun the command t
   eval      four systems, each decoded as das.py decodes it: the base (plain decoding), the new
             adapter alone (one file: merged in, nothing to route), DAS with the three shipped
             adapters and with all four (routing, das.py's τ). The frozen encoder runs once per
-            window for all of them (memo.EncoderMemo).
+            window for all of them (scorer.py, memo.EncoderMemo).
   check     das.py eval itself, each system on the first --check utterances of every set: its
             transcripts must equal the eval stage's.
   report    report.md: every change with its paired-bootstrap interval, and the first
@@ -119,40 +119,25 @@ def stage_train(args, run: Path) -> None:
 
 
 def stage_eval(args, run: Path) -> None:
-    import torch
+    """Every system on every set made so far, as das.py decodes it (scorer.py: the base plainly,
+    one adapter merged in, DAS routed at das.py's τ), into eval/<system>/<set>.json."""
+    from das import DEFAULT_STRATEGY, DEFAULT_TAU
+    from evaluation.evaluate import read_manifest
+    from scorer import config, score_all
 
-    import whisper_min
-    from das import DEFAULT_END, DEFAULT_STRATEGY, DEFAULT_TAU
-    from decoders import make_decoder
-    from evaluation.evaluate import evaluate_set, read_manifest, transcriber
-    from memo import EncoderMemo
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = whisper_min.load_model(args.model, device=args.device)
-    tokenizer = whisper_min.get_tokenizer(args.model, language="en")
-    options = whisper_min.DecodingOptions(language="en", without_timestamps=True)  # as das.py eval
-    model.embed_audio = EncoderMemo(model, run / "cache" / "eval")
-    files = adapter_files(args, run)
-    for set_name, path in test_sets(args, run).items():
+    sets = {}
+    for name, path in test_sets(args, run).items():
         rows = read_manifest(path) if path.is_file() else []
-        if not rows:
-            log(f"eval: {set_name} waits for {path} (stages generate, split)")
-            continue
-        for system, adapters in systems(args.domain).items():
-            out = run / "eval" / system / f"{set_name}.json"
-            if out.is_file():
-                continue
-            t = time.time()
-            loras = [str(files[i - 1]) for i in adapters]  # as das.py's load_decoder
-            decode_fn = make_decoder(model, loras, DEFAULT_TAU, DEFAULT_STRATEGY, DEFAULT_END) if loras \
-                else whisper_min.decode
-            transcribe_fn = transcriber(model, tokenizer, options, decode_fn)
-            result = evaluate_set(rows, transcribe_fn, f"{system} on {set_name}")
-            result.update(system=system, test_set=set_name, seconds=round(time.time() - t, 1))
-            result.pop("rtf", None)  # meaningless with the encoder shared between systems
-            write_rows(out, [result])
-            log(f"{system} on {set_name}: WER {result['wer']}% ({result['utterances']} utts, {result['seconds']} s)")
+        if rows:
+            sets[name] = rows
+        else:
+            log(f"eval: {name} waits for {path} (stages generate, split)")
+    files, todo = adapter_files(args, run), []
+    for system, adapters in systems(args.domain).items():
+        chosen = [files[i - 1] for i in adapters]
+        kind = "adml" if len(chosen) > 1 else "lora" if chosen else "base"
+        todo.append((system, config(kind, chosen, DEFAULT_TAU, DEFAULT_STRATEGY), chosen))
+    score_all(args, run, "eval", [(*system, s) for s in sets for system in todo], sets)
 
 
 def stage_check(args, run: Path) -> dict:
