@@ -24,7 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: tests/co
 OPTIONS = DecodingOptions(sample_len=12)
 
 
-
 def tiny_decoder_model() -> Whisper:
     """A decoder for 12 audio frames of width 64: routing's streams, fed made-up encoder output."""
     torch.manual_seed(0)

@@ -33,4 +33,3 @@ def test_every_top_level_module_is_installed():
     # (Read with a regex: tomllib needs Python 3.11, and the project supports 3.10.)
     (names,) = re.findall(r"^py-modules = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), flags=re.S | re.M)
     assert sorted(re.findall(r'"(\w+)"', names)) == sorted(p.stem for p in ROOT.glob("*.py"))
-
