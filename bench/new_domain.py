@@ -31,7 +31,7 @@ from pathlib import Path
 import bootstrap
 from reproduce import train_command
 from study_data import (DOMAINS, OOD_SETS, REPLAY_COUNT, ROOT, TEST_VOICES, TRAIN_VOICES, is_validation, log,
-                        read_rows, replay_texts, run_llm_jobs, run_logged, speak_texts, write_rows)
+                        new_texts, read_rows, replay_texts, run_llm_jobs, run_logged, speak_texts, write_rows)
 
 from datagen.clean import normalise
 
@@ -78,11 +78,8 @@ def stage_split(args, run: Path) -> dict:
     # The shipped adapters' training texts are not kept, so only the new domain's are dropped.
     train_keys, sizes = {normalise(r["text"]) for r in rows}, {}
     for name, count in ((d, args.test_count), *((s, args.shipped_test_count) for s in DOMAINS)):
-        test, kept, seen = read_rows(data / "test_raw" / name / "manifest.jsonl")[:count], [], set()
-        for r in test:
-            if (key := normalise(r["text"])) not in train_keys and key not in seen:
-                seen.add(key)
-                kept.append(r)
+        test = read_rows(data / "test_raw" / name / "manifest.jsonl")[:count]
+        kept = new_texts(test, train_keys)
         write_rows(data / "test_raw" / name / "test.jsonl", kept)
         sizes[name] = {"test": len(kept), "dropped_overlap": len(test) - len(kept)}
     sizes[d].update(fit=len(read_rows(data / "train" / d / "fit.jsonl")),

@@ -236,6 +236,16 @@ def is_validation(text: str, fraction: float) -> bool:
     return int(hashlib.sha1(normalise(text).encode()).hexdigest(), 16) % 1000 < 1000 * fraction
 
 
+def new_texts(rows: list[dict], train_keys: set[str]) -> list[dict]:
+    """The test rows whose text is neither a training text nor a repeat of an earlier row's."""
+    kept, seen = [], set(train_keys)
+    for r in rows:
+        if (key := normalise(r["text"])) not in seen:
+            seen.add(key)
+            kept.append(r)
+    return kept
+
+
 def stage_split(args, run: Path) -> dict:
     """train/<d>/{fit,val}.jsonl, train/val_multi.jsonl and test_raw/<d>/test.jsonl; a test
     text that also occurs in any training set is dropped."""
@@ -254,12 +264,8 @@ def stage_split(args, run: Path) -> dict:
     write_rows(train / "val_multi.jsonl", [{**r, "audio": str((train / d / r["audio"]).resolve())}
                                            for d in DOMAINS for r in read_rows(train / d / "val.jsonl")])
     for d in DOMAINS:
-        rows, kept, seen = read_rows(data / "test_raw" / d / "manifest.jsonl")[: args.test_per_domain], [], set()
-        for r in rows:
-            key = normalise(r["text"])
-            if key not in train_keys and key not in seen:
-                seen.add(key)
-                kept.append(r)
+        rows = read_rows(data / "test_raw" / d / "manifest.jsonl")[: args.test_per_domain]
+        kept = new_texts(rows, train_keys)
         write_rows(data / "test_raw" / d / "test.jsonl", kept)
         sizes[d].update(test=len(kept), test_dropped_overlap=len(rows) - len(kept),
                         test_seconds=round(sum(r["duration"] for r in kept), 1),
