@@ -25,11 +25,10 @@ Everything lands in --run; each stage skips what is done, so rerun the command t
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import bootstrap
-from reproduce import train_command
+from reproduce import train_one
 from study_data import (DOMAINS, OOD_SETS, REPLAY_COUNT, ROOT, TEST_VOICES, TRAIN_VOICES, is_validation, log,
                         new_texts, read_rows, replay_texts, run_llm_jobs, run_logged, speak_texts, write_rows)
 
@@ -98,21 +97,12 @@ def stage_ood(args, run: Path) -> None:
 
 
 def stage_train(args, run: Path) -> None:
-    import lora
-
-    name, models = f"lora-{args.domain}", run / "models"
-    done = models / f"{name}.done.json"
-    if done.is_file():
+    name = f"lora-{args.domain}"
+    if (run / "models" / f"{name}.done.json").is_file():
         return
     spec = {"name": name, "method": "lora", "data": [args.domain], "lr": args.lr, "replay": True}
-    models.mkdir(parents=True, exist_ok=True)
-    t = time.time()
-    run_logged(train_command(args, run, spec) + (["--resume"] if (models / f"{name}.ckpt.st").is_file() else []),
-               run / "logs" / f"train_{name}.log")
-    meta = lora.read_header(models / f"{name}.st")["__metadata__"]
-    done.write_text(json.dumps({**spec, "val_loss": float(meta["val_loss"]), "best_step": int(meta["steps"]),
-                                "total_steps": int(meta["total_steps"]), "seconds": round(time.time() - t, 1)},
-                               indent=1) + "\n")
+    (run / "models").mkdir(parents=True, exist_ok=True)
+    train_one(args, run, spec, {k: v for k, v in spec.items() if k != "name"})
 
 
 def stage_eval(args, run: Path) -> None:

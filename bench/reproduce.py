@@ -73,9 +73,22 @@ def train_command(args, run: Path, spec: dict) -> list[str]:
             "--cache-dir", str(run / "cache" / "encoder"), "--device", args.device, "--progress-every", "30"]
 
 
-def stage_train(args, run: Path) -> None:
+def train_one(args, run: Path, spec: dict, record: dict) -> None:
+    """das.py train for `spec` (resuming its checkpoint), then models/<name>.done.json: `record`,
+    the kept step's validation loss and the time it took."""
     import lora
 
+    name, models = spec["name"], run / "models"
+    t = time.time()
+    run_logged(train_command(args, run, spec) + (["--resume"] if (models / f"{name}.ckpt.st").is_file() else []),
+               run / "logs" / f"train_{name}.log")
+    meta = lora.read_header(models / f"{name}.st")["__metadata__"]
+    (models / f"{name}.done.json").write_text(json.dumps(
+        {"name": name, **record, "val_loss": float(meta["val_loss"]), "best_step": int(meta["steps"]),
+         "total_steps": int(meta["total_steps"]), "seconds": round(time.time() - t, 1)}, indent=1) + "\n")
+
+
+def stage_train(args, run: Path) -> None:
     models = run / "models"
     models.mkdir(parents=True, exist_ok=True)
     for spec in train_runs(args):
@@ -99,13 +112,7 @@ def stage_train(args, run: Path) -> None:
         try:
             if done.is_file():  # finished by another process since this one looked
                 continue
-            t = time.time()
-            run_logged(cmd + (["--resume"] if (models / f"{name}.ckpt.st").is_file() else []),
-                       run / "logs" / f"train_{name}.log")
-            meta = lora.read_header(models / f"{name}.st")["__metadata__"]
-            done.write_text(json.dumps({"name": name, **settings, "val_loss": float(meta["val_loss"]),
-                                        "best_step": int(meta["steps"]), "total_steps": int(meta["total_steps"]),
-                                        "seconds": round(time.time() - t, 1)}, indent=1) + "\n")
+            train_one(args, run, spec, settings)
         finally:
             lock.unlink(missing_ok=True)
 

@@ -42,7 +42,7 @@ def test_split_drops_test_texts_the_domain_trained_on(tmp_path):
 
 def test_train_is_the_shipped_recipe_with_replay(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(new_domain, "run_logged", lambda cmd, log: calls.append(cmd))
+    monkeypatch.setattr("reproduce.run_logged", lambda cmd, log: calls.append(cmd))  # train_one runs it
     monkeypatch.setattr("lora.read_header", lambda path: {"__metadata__": {"val_loss": "1.5", "steps": "9",
                                                                             "total_steps": "10"}})
     new_domain.stage_train(args_for(tmp_path), tmp_path)
