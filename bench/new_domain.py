@@ -29,13 +29,13 @@ from pathlib import Path
 
 import bootstrap
 from reproduce import train_one
-from study_data import (DOMAINS, OOD_SETS, REPLAY_COUNT, ROOT, TEST_VOICES, TRAIN_VOICES, is_validation, log,
-                        new_texts, read_rows, replay_texts, run_llm_jobs, run_logged, speak_texts, write_rows)
+from study_data import (DOMAINS, OOD_SETS, REPLAY_COUNT, ROOT, TEST_VOICES, TRAIN_VOICES, generate_jobs,
+                        is_validation, log, new_texts, read_rows, replay_texts, run_llm_jobs, run_logged, speak_texts,
+                        write_rows)
 
 from datagen.clean import normalise
 
 STAGES = ("generate", "split", "ood", "train", "eval", "check", "report")
-SEEDS = {"train": 0, "test_raw": 3000}  # the study's: training and test texts from separate LLM runs
 
 
 def systems(domain: str) -> dict[str, list[int]]:
@@ -57,16 +57,11 @@ def test_sets(args, run: Path) -> dict[str, Path]:
 
 def stage_generate(args, run: Path) -> None:
     data = run / "data"
-    sets = [(data / "train" / args.domain, args.count, TRAIN_VOICES, 2),
-            (data / "test_raw" / args.domain, args.test_count, TEST_VOICES, 1),
-            *((data / "test_raw" / d, args.shipped_test_count, TEST_VOICES, 1) for d in DOMAINS)]
-    jobs = [([sys.executable, "das.py", "generate", "--domain", args.spec if out.name == args.domain else out.name,
-              "--count", str(count), "--out", str(out), "--tts", voices, "--workers", str(workers),
-              "--seed", str(SEEDS[out.parent.name]), "--progress-every", "60"],
-             run / "logs" / f"generate_{out.parent.name}_{out.name}.log")
-            for out, count, voices, workers in sets if len(read_rows(out / "manifest.jsonl")) < count]
+    sets = [(data / "train" / args.domain, args.spec, args.count, TRAIN_VOICES, 2),
+            (data / "test_raw" / args.domain, args.spec, args.test_count, TEST_VOICES, 1),
+            *((data / "test_raw" / d, d, args.shipped_test_count, TEST_VOICES, 1) for d in DOMAINS)]
     speak_texts(replay_texts(REPLAY_COUNT), data / "replay", TRAIN_VOICES)
-    run_llm_jobs(args, run, jobs)
+    run_llm_jobs(args, run, generate_jobs(run, sets))
 
 
 def stage_split(args, run: Path) -> dict:

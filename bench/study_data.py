@@ -103,16 +103,22 @@ def trained(run: Path, name: str) -> Path | None:
 # ---------------------------------------------------------------- generate
 
 
+def generate_jobs(run: Path, sets: list[tuple]) -> list[tuple[list[str], Path]]:
+    """(das.py generate command, log) for each (out, domain, count, voices, workers) whose
+    manifest is short, seeded by its split (SEEDS: out's parent folder)."""
+    return [([sys.executable, "das.py", "generate", "--domain", domain, "--count", str(count), "--out", str(out),
+              "--tts", voices, "--workers", str(workers), "--seed", str(SEEDS[out.parent.name]),
+              "--progress-every", "60"], run / "logs" / f"generate_{out.parent.name}_{out.name}.log")
+            for out, domain, count, voices, workers in sets if len(read_rows(out / "manifest.jsonl")) < count]
+
+
 def stage_generate(args, run: Path) -> None:
     """Each domain's training and test texts and the everyday validation set from the LLM,
     then spoken; the fortunes validation set and the replay set spoken from fortune files."""
     sets = [(run / "data" / split / d, d, count, voices, workers) for d in DOMAINS for split, count, voices, workers in
             (("train", args.train_per_domain, TRAIN_VOICES, 2), ("test_raw", args.test_per_domain, TEST_VOICES, 1))]
     sets.append((run / "data" / "val_ood" / "everyday", str(EVERYDAY), args.ood_val_count, OOD_VAL_VOICES, 1))
-    jobs = [([sys.executable, "das.py", "generate", "--domain", domain, "--count", str(count), "--out", str(out),
-              "--tts", voices, "--workers", str(workers), "--seed", str(SEEDS[out.parent.name]),
-              "--progress-every", "60"], run / "logs" / f"generate_{out.parent.name}_{out.name}.log")
-            for out, domain, count, voices, workers in sets if len(read_rows(out / "manifest.jsonl")) < count]
+    jobs = generate_jobs(run, sets)
     replay = replay_texts(REPLAY_COUNT)  # checks every fortune file first
     speak_texts(fortune_texts(FORTUNES / "fortunes", args.ood_val_count), run / "data" / "val_ood" / "fortunes",
                 OOD_VAL_VOICES)
